@@ -1,0 +1,83 @@
+# cgnetns: top-level targets.  Run as root.
+#   make install     Python package (+ pyroute2, psutil) into $(PYTHON)'s environment,
+#                    commands in $(BINDIR), the helper setuid root, /etc/cgnetns/allow
+#                    when absent, contrib files.
+#   make demo        a sandboxed build whose distcc reaches a distcc server
+#   make check       the test suite (root, real kernel)
+#   make bench       benchmarks (by hand; figures go to README.rst)
+
+PYTHON  ?= python3
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+LIBDIR  ?= $(PREFIX)/lib/cgnetns
+MANDIR  ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+# The real interpreter (python3 on PATH may be a pyenv shim): commands get it in
+# their shebang so that they work from any PATH.
+PYEXE   := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
+COMMANDS = cgnetns-run:run cgnetns-show:show cgnetns-gc:gc cgnetnsd:broker
+PYTEST_ARGS ?=
+
+.PHONY: all install install-deps install-python install-scripts install-helper \
+        install-config install-contrib demo check check-deps check-python bench clean
+
+all:
+	$(MAKE) -C helper
+
+install: install-deps install-python install-scripts install-helper install-config install-contrib
+
+install-deps:
+	@tools/ensure-deps build
+
+install-python:
+	$(PYEXE) -m pip install --quiet --root-user-action=ignore --disable-pip-version-check .
+
+install-scripts:
+	install -d -m 755 $(DESTDIR)$(BINDIR)
+	@for pair in $(COMMANDS); do \
+	    name=$${pair%%:*}; mod=$${pair#*:}; \
+	    printf '#!%s\nimport sys\nfrom cgnetns.cli.%s import main\nsys.exit(main())\n' \
+	        '$(PYEXE)' "$$mod" > $(DESTDIR)$(BINDIR)/$$name.tmp; \
+	    chmod 755 $(DESTDIR)$(BINDIR)/$$name.tmp; \
+	    mv -f $(DESTDIR)$(BINDIR)/$$name.tmp $(DESTDIR)$(BINDIR)/$$name; \
+	    echo "installed $(DESTDIR)$(BINDIR)/$$name"; \
+	done
+
+install-helper:
+	$(MAKE) -C helper install DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) BINDIR=$(BINDIR) LIBDIR=$(LIBDIR)
+
+install-config:
+	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/cgnetns
+	@if [ ! -e $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow ]; then \
+	    tools/make-allow-list > $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow.tmp && \
+	    chmod 644 $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow.tmp && \
+	    mv $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow.tmp $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow && \
+	    echo "created $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow"; \
+	else echo "kept $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow"; fi
+
+install-contrib:
+	@if [ -f contrib/Makefile ]; then $(MAKE) -C contrib install DESTDIR=$(DESTDIR) \
+	    PREFIX=$(PREFIX) BINDIR=$(BINDIR) MANDIR=$(MANDIR) PYEXE=$(PYEXE); fi
+
+demo:
+	@tools/ensure-deps demo
+	$(PYEXE) -m cgnetns.demo
+
+check-deps:
+	@tools/ensure-deps test
+	@$(PYEXE) -c 'import pytest, hypothesis, portage' 2>/dev/null || \
+	    $(PYEXE) -m pip install --quiet --root-user-action=ignore --disable-pip-version-check '.[test]'
+
+check-python: check-deps
+	$(PYEXE) -m pytest -q $(PYTEST_ARGS) tests
+
+check: check-python
+	@if grep -q '^check-fuzz:' helper/Makefile 2>/dev/null; then $(MAKE) -C helper check-fuzz; fi
+
+bench:
+	$(PYEXE) -m bench
+
+clean:
+	-$(MAKE) -C helper clean
+	rm -rf build *.egg-info .pytest_cache
