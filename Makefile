@@ -20,12 +20,12 @@ COMMANDS = cgnetns-run:run cgnetns-show:show cgnetns-gc:gc cgnetnsd:broker
 PYTEST_ARGS ?=
 
 .PHONY: all install install-deps install-python install-scripts install-helper \
-        install-config install-contrib demo check check-deps check-python bench clean
+        install-config install-contrib install-man demo check check-deps check-python bench clean
 
 all:
 	$(MAKE) -C helper
 
-install: install-deps install-python install-scripts install-helper install-config install-contrib
+install: install-deps install-python install-scripts install-helper install-config install-contrib install-man
 
 install-deps:
 	@tools/ensure-deps build
@@ -59,6 +59,9 @@ install-config:
 install-contrib:
 	@if [ -f contrib/Makefile ]; then $(MAKE) -C contrib install DESTDIR=$(DESTDIR) \
 	    PREFIX=$(PREFIX) BINDIR=$(BINDIR) MANDIR=$(MANDIR) PYEXE=$(PYEXE); fi
+
+install-man:
+	@if [ -f doc/Makefile ]; then $(MAKE) -C doc install DESTDIR=$(DESTDIR) MANDIR=$(MANDIR); fi
 
 demo:
 	@tools/ensure-deps demo

@@ -538,31 +538,35 @@ class Topology:
             ice = pwd.getpwnam("icecc")
         except KeyError:
             raise TopologyError("user icecc missing (Debian package icecc makes it)") from None
-        self.icecc_scheduler_log = self._file("icecc-scheduler.log")
-        self.icecc_remote_log = self._file("iceccd-remote.log")
-        self.icecc_local_log = self._file("iceccd-local.log")
+        owner = (ice.pw_uid, ice.pw_gid)
+        self.icecc_scheduler_log = self._file("icecc-scheduler.log", owner=owner)
+        self.icecc_remote_log = self._file("iceccd-remote.log", owner=owner)
+        self.icecc_local_log = self._file("iceccd-local.log", owner=owner)
         netname = f"cgnetns{self.tag}"
-        remote_env = os.path.join(self.tmpdir, "icecc-remote-envs")
-        local_env = os.path.join(self.tmpdir, "icecc-local-envs")
-        for d in (remote_env, local_env):
-            os.mkdir(d, 0o755)
+        # iceccd empties and re-creates its environment directory without
+        # CAP_DAC_OVERRIDE: the directory above it must belong to icecc.
+        for d in ("icecc-remote", "icecc-local"):
+            os.mkdir(os.path.join(self.tmpdir, d), 0o755)
+            os.chown(os.path.join(self.tmpdir, d), *owner)
+        remote_env = os.path.join(self.tmpdir, "icecc-remote", "envs")
+        local_env = os.path.join(self.tmpdir, "icecc-local", "envs")
         self._spawn("icecc-scheduler", self._nsenter() + [
             sched, "-n", netname, "-l", self.icecc_scheduler_log, "-vvv",
-            "-u", str(ice.pw_uid)], log_path=self.icecc_scheduler_log)
+            "-u", "icecc"], log_path=self.icecc_scheduler_log)
         self._spawn("iceccd-remote", self._nsenter() + [
             iceccd, "-n", netname, "-s", f"{self.remote_addr}:{ICECC_SCHEDULER_PORT}",
             "-m", "2", "-N", f"remote-{self.tag}", "-b", remote_env,
-            "-u", str(ice.pw_uid), "-l", self.icecc_remote_log, "-vvv",
+            "-u", "icecc", "-l", self.icecc_remote_log, "-vvv",
         ], log_path=self.icecc_remote_log,
-            env={"ICECC_TEST_SOCKET": os.path.join(self.tmpdir, "iceccd-remote.sock")})
+            env={"ICECC_TEST_SOCKET": os.path.join(self.tmpdir, "icecc-remote", "iceccd.sock")})
         # The build host's own daemon: in the parent namespace, compiles nothing
         # itself, listens for the icecc client on a Unix socket of its own.
-        self.icecc_socket = os.path.join(self.tmpdir, "iceccd.sock")
+        self.icecc_socket = os.path.join(self.tmpdir, "icecc-local", "iceccd.sock")
         self._spawn("iceccd-local", [
             iceccd, "-n", netname, "-s", f"{self.remote_addr}:{ICECC_SCHEDULER_PORT}",
             "-m", "0", "--no-remote", "-N", f"local-{self.tag}", "-b", local_env,
             "-i", self.veth_parent, "-p", str(ICECC_DAEMON_PORT + 1 + secrets.randbelow(1000)),
-            "-u", str(ice.pw_uid), "-l", self.icecc_local_log, "-vvv",
+            "-u", "icecc", "-l", self.icecc_local_log, "-vvv",
         ], log_path=self.icecc_local_log, env={"ICECC_TEST_SOCKET": self.icecc_socket})
 
     # -- readiness ------------------------------------------------------------
