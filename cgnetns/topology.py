@@ -279,7 +279,7 @@ class Topology:
     def count_icecc_remote_jobs(self):
         """Compile jobs the remote iceccd finished (from its log)."""
         self._need(self.want_icecc, "icecc")
-        return self._count(self.icecc_remote_log, "compile_file")
+        return self._count(self.icecc_remote_log, "Remote compilation completed with exit code 0")
 
     def log_text(self, which="distccd"):
         path = {"distccd": self.distccd_log, "ssh-distccd": self.ssh_distccd_log,
@@ -553,19 +553,24 @@ class Topology:
         self._spawn("icecc-scheduler", self._nsenter() + [
             sched, "-n", netname, "-l", self.icecc_scheduler_log, "-vvv",
             "-u", "icecc"], log_path=self.icecc_scheduler_log)
+        # A daemon that misses the scheduler at its first try waits ~20 s
+        # before the next: start the daemons only once the scheduler listens.
+        self._wait_for({"icecc-scheduler": lambda: self._tcp_ready(ICECC_SCHEDULER_PORT)})
         self._spawn("iceccd-remote", self._nsenter() + [
             iceccd, "-n", netname, "-s", f"{self.remote_addr}:{ICECC_SCHEDULER_PORT}",
             "-m", "2", "-N", f"remote-{self.tag}", "-b", remote_env,
             "-u", "icecc", "-l", self.icecc_remote_log, "-vvv",
         ], log_path=self.icecc_remote_log,
             env={"ICECC_TEST_SOCKET": os.path.join(self.tmpdir, "icecc-remote", "iceccd.sock")})
-        # The build host's own daemon: in the parent namespace, compiles nothing
-        # itself, listens for the icecc client on a Unix socket of its own.
+        # The daemon the icecc client asks for a compile host ("local" daemon):
+        # compiles nothing itself, listens for the client on a Unix socket of
+        # its own.  It runs in the remote namespace too, because iceccd
+        # broadcasts to every interface of its namespace (here: only the veth).
         self.icecc_socket = os.path.join(self.tmpdir, "icecc-local", "iceccd.sock")
-        self._spawn("iceccd-local", [
+        self._spawn("iceccd-local", self._nsenter() + [
             iceccd, "-n", netname, "-s", f"{self.remote_addr}:{ICECC_SCHEDULER_PORT}",
             "-m", "0", "--no-remote", "-N", f"local-{self.tag}", "-b", local_env,
-            "-i", self.veth_parent, "-p", str(ICECC_DAEMON_PORT + 1 + secrets.randbelow(1000)),
+            "-p", str(ICECC_DAEMON_PORT + 1),
             "-u", "icecc", "-l", self.icecc_local_log, "-vvv",
         ], log_path=self.icecc_local_log, env={"ICECC_TEST_SOCKET": self.icecc_socket})
 
@@ -578,15 +583,17 @@ class Topology:
             return False
 
     def _wait_ready(self):
-        deadline = time.monotonic() + self.ready_timeout
         pending = {"distccd": lambda: self._tcp_ready(DISTCC_PORT)}
         if self.want_ssh:
             pending["sshd"] = lambda: self._tcp_ready(SSH_PORT)
         if self.want_icecc:
-            pending["icecc-scheduler"] = lambda: self._tcp_ready(ICECC_SCHEDULER_PORT)
             pending["iceccd-remote"] = lambda: self._tcp_ready(ICECC_DAEMON_PORT)
             pending["iceccd-local"] = lambda: os.path.exists(self.icecc_socket)
-            pending["icecc-login"] = self._icecc_logged_in
+            pending["iceccd logins at the scheduler"] = self._icecc_logged_in
+        self._wait_for(pending)
+
+    def _wait_for(self, pending):
+        deadline = time.monotonic() + self.ready_timeout
         while pending:
             for server in self.servers:
                 server.check_alive()
@@ -602,7 +609,7 @@ class Topology:
 
     def _icecc_logged_in(self):
         text = self.log_text("icecc-scheduler")
-        return text.count("login") >= 2 or text.count("accepted") >= 2
+        return all(f"login {who}-{self.tag} " in text for who in ("remote", "local"))
 
     # -- stop -----------------------------------------------------------------
     def stop(self):
