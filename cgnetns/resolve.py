@@ -1,0 +1,758 @@
+"""The resolution rule of doc/FORMAT.rst, in Python, for one process — explained.
+
+Owns :func:`explain`: for a PID it walks the same chain as ``cgnetns-exec``
+(and the broker) — read ``/proc/PID/cgroup`` from our view, open the cgroup
+below the cgroup2 root without following symlinks or leaving the mount, check
+that the process is listed in its ``cgroup.procs``, walk up to the nearest
+``trusted.cgnetns`` tag, check that the tagged directory is root-owned, parse
+the tag, open the pin with O_NOFOLLOW and check nsfs / NS_GET_NSTYPE / st_dev /
+st_ino / NS_GET_ID, compare with the process's own netns — and returns an
+:class:`Explanation`: every ancestor walked, the tag, the pin and whether it
+matches, the verdict (``join``, ``pass-through``, ``refuse``; ``unknown`` when
+this process lacks the privilege to read what decides it), a stable
+``reason_code``, the reason in words and the fix.
+
+It also owns the allow-list check (:func:`check_allow_list`), shared with
+``cgnetns-show --check``.
+
+The verdict and its reason category are the ones ``cgnetns-exec`` acts on
+(tests compare both on real builds).  Nothing here prints or changes state.
+
+Degrades: without CAP_SYS_ADMIN, ``trusted.*`` attributes read as absent
+(ENODATA on cgroupfs), so an unprivileged caller gets verdict ``unknown``
+(reason ``tags-unreadable``) together with everything it can see.  Roots
+(``/proc``, ``/sys/fs/cgroup``, ``/run/cgnetns``, the allow list) are
+parameters.
+"""
+
+import errno
+import os
+import select
+import stat
+import time
+
+from . import _sys, cgroups, namespaces, tags
+from .errors import CgnetnsError, NoCgroup2Error, TagFormatError
+
+ALLOW_LIST = "/etc/cgnetns/allow"
+
+# The init user namespace has this fixed inode number (PROC_USER_INIT_INO).
+INIT_USER_NS_INO = 0xEFFFFFFD
+CAP_SYS_ADMIN = 21
+
+EXIT_NOPROC = 3     # no such process, or it exited while being shown
+EXIT_NOPERM = 4     # permission denied
+
+VERDICTS = ("join", "pass-through", "refuse", "unknown")
+
+# reason_code -> (verdict, category).  The category is what a refusal of
+# cgnetns-exec names; the codes are part of cgnetns-show's JSON interface
+# (documented in cgnetns-show(8)); never rename one, only add.
+REASONS = {
+    # pass-through
+    "no-build": ("pass-through", "none"),
+    "already-in-approved-netns": ("pass-through", "none"),
+    # join
+    "approved-netns-differs": ("join", "none"),
+    # refuse
+    "no-cgroup2": ("refuse", "cgroup"),
+    "no-cgroup2-membership": ("refuse", "cgroup"),
+    "cgroup-unreachable": ("refuse", "cgroup"),
+    "not-in-cgroup": ("refuse", "cgroup"),
+    "tag-owner": ("refuse", "tag"),
+    "tag-format": ("refuse", "tag"),
+    "tag-version": ("refuse", "tag"),
+    "pins-dir-unsafe": ("refuse", "pin"),
+    "pin-missing": ("refuse", "pin"),
+    "pin-not-nsfs": ("refuse", "pin"),
+    "pin-not-net": ("refuse", "pin"),
+    "pin-mismatch": ("refuse", "pin"),
+    "allow-list-unsafe": ("refuse", "allow-list"),
+    # unknown: this process may not read what decides it
+    "tags-unreadable": ("unknown", "privilege"),
+    "netns-unreadable": ("unknown", "privilege"),
+}
+
+
+class ProcessGone(CgnetnsError):
+    """The process does not exist, or exited while it was being examined."""
+
+    status = EXIT_NOPROC
+
+
+class NoPermission(CgnetnsError):
+    """This process may not read what it was asked to show."""
+
+    status = EXIT_NOPERM
+
+
+class _Verdict(Exception):
+    """Ends the walk with a decision (refusals, but also join/pass-through)."""
+
+    def __init__(self, code, reason, fix=None):
+        super().__init__(reason)
+        self.code, self.reason, self.fix = code, reason, fix
+
+
+# ---------------------------------------------------------------- utilities
+
+def ns_name(ident):
+    return None if ident is None else "net:[%d]" % ident.ino
+
+
+def ns_dict(ident):
+    """JSON form of an NsIdentity (numbers are numbers)."""
+    if ident is None:
+        return None
+    return {"name": ns_name(ident), "dev": ident.dev, "ino": ident.ino, "nsid": ident.nsid}
+
+
+def same_netns(a, b):
+    """Same namespace: dev and ino equal, and the ids too where both are known."""
+    return a is not None and b is not None and a.same(b)
+
+
+def can_read_trusted_xattrs(proc="/proc"):
+    """True when this process can read ``trusted.*`` attributes: CAP_SYS_ADMIN
+    in its effective set, in the initial user namespace."""
+    try:
+        with open(os.path.join(proc, "self", "status")) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+                    break
+            else:
+                return False
+        if not caps & (1 << CAP_SYS_ADMIN):
+            return False
+        return os.stat(os.path.join(proc, "self", "ns", "user")).st_ino == INIT_USER_NS_INO
+    except (OSError, ValueError):
+        return False
+
+
+def _user_name(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _read_at(dir_fd, name, limit=1 << 20):
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        chunks = []
+        size = 0
+        while size < limit:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------- allow list
+
+def _unsafe_owner_mode(st, what):
+    if st.st_uid != 0:
+        return "%s is owned by uid %d, not root" % (what, st.st_uid)
+    if st.st_mode & 0o022:
+        return "%s is group or other writable (mode %04o)" % (what, stat.S_IMODE(st.st_mode))
+    return None
+
+
+def trusted_path_problem(path, want_dir=False):
+    """Why PATH is not trusted (root-owned, not group/other writable, every
+    directory above it likewise, no symlinks), or None when it is."""
+    if not os.path.isabs(path):
+        return "%s is not an absolute path" % path
+    parts = [p for p in path.split("/") if p]
+    cur = "/"
+    try:
+        st = os.lstat(cur)
+        problem = _unsafe_owner_mode(st, cur)
+        if problem:
+            return problem
+        for i, part in enumerate(parts):
+            if part in (".", ".."):
+                return "%s is not canonical" % path
+            cur = os.path.join(cur, part)
+            st = os.lstat(cur)
+            last = i == len(parts) - 1
+            if stat.S_ISLNK(st.st_mode):
+                return "%s is a symbolic link" % cur
+            if not last or want_dir:
+                if not stat.S_ISDIR(st.st_mode):
+                    return "%s is not a directory" % cur
+            elif not stat.S_ISREG(st.st_mode):
+                return "%s is not a regular file" % cur
+            problem = _unsafe_owner_mode(st, cur)
+            if problem:
+                return problem
+    except FileNotFoundError:
+        return "%s does not exist" % cur
+    except PermissionError:
+        return "%s cannot be examined (permission denied)" % cur
+    return None
+
+
+def check_allow_list(path=ALLOW_LIST):
+    """The allow list as cgnetns-exec sees it.
+
+    Returns a dict: ``path``; ``state`` — ``ok``, ``missing`` (no program is
+    allowed: every call exits 126), ``unsafe`` (cgnetns-exec refuses every
+    call: 125), ``unreadable`` (to this process; the helper reads it as
+    root); ``problem`` (words, or None); ``programs`` (the entries, or None
+    when unreadable); ``bad_programs`` (entries that cgnetns-exec would not
+    run, each ``{"path", "problem"}``).
+    """
+    out = {"path": path, "state": "ok", "problem": None, "programs": None, "bad_programs": []}
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        out.update(state="missing", problem="%s does not exist: no program is allowed" % path)
+        return out
+    except PermissionError:
+        out.update(state="unreadable", problem="%s cannot be examined by this user" % path)
+        return out
+    problem = trusted_path_problem(path)
+    if problem:
+        out.update(state="unsafe", problem=problem)
+        return out
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64 * 1024 + 1)
+    except PermissionError:
+        out.update(state="unreadable",
+                   problem="%s is readable only by root (cgnetns-exec reads it as root)" % path)
+        return out
+    if len(data) > 64 * 1024:
+        out.update(state="unsafe", problem="%s is larger than 64 KiB" % path)
+        return out
+    programs = []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        try:
+            entry = line.decode()
+        except UnicodeDecodeError:
+            out.update(state="unsafe", problem="%s line %d is not valid text" % (path, n))
+            return out
+        if not entry.startswith("/"):
+            out.update(state="unsafe",
+                       problem="%s line %d: %r is not an absolute path" % (path, n, entry))
+            return out
+        programs.append(entry)
+    out["programs"] = programs
+    for prog in programs:
+        p = trusted_path_problem(prog)
+        if p is None and os.path.realpath(prog) != prog:
+            p = "%s is not canonical (it resolves to %s)" % (prog, os.path.realpath(prog))
+        if p is not None:
+            out["bad_programs"].append({"path": prog, "problem": p})
+    return out
+
+
+# --------------------------------------------------------------- explain
+
+class Explanation:
+    """What cgnetns-exec would do for one process, and why.
+
+    Attributes mirror the JSON document of ``cgnetns-show --json`` (see
+    :meth:`to_dict` and cgnetns-show(8)).
+    """
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.tgid = pid
+        self.uid = None
+        self.user = None
+        self.command = None
+        self.netns = None            # NsIdentity or None
+        self.netns_error = None
+        self.privileged = False
+        self.cgroup_root = None
+        self.cgroup = None
+        self.in_cgroup_procs = None
+        self.ancestors = []          # dicts, from the process's cgroup upwards
+        self.tagged_cgroup = None
+        self.tag_raw = None
+        self.tag = None              # tags.Tag or None
+        self.tag_error = None
+        self.pin = None              # dict or None
+        self.approved = None         # NsIdentity from the tag
+        self.record = None           # dict or None
+        self.allow_list = None       # dict from check_allow_list
+        self.verdict = None
+        self.reason_code = None
+        self.reason = None
+        self.fix = None
+        self.notes = []
+
+    @property
+    def category(self):
+        return REASONS[self.reason_code][1] if self.reason_code else None
+
+    def decide(self, code, reason, fix=None):
+        assert code in REASONS, code
+        self.verdict = REASONS[code][0]
+        self.reason_code, self.reason, self.fix = code, reason, fix
+
+    def to_dict(self):
+        tag = None
+        if self.tag_raw is not None:
+            tag = {"raw": self.tag_raw, "valid": self.tag is not None, "error": self.tag_error,
+                   "pin": self.tag.pin if self.tag else None,
+                   "dev": self.tag.dev if self.tag else None,
+                   "ino": self.tag.ino if self.tag else None,
+                   "nsid": self.tag.nsid if self.tag else None}
+        return {
+            "version": 1,
+            "pid": self.pid,
+            "tgid": self.tgid,
+            "uid": self.uid,
+            "user": self.user,
+            "command": self.command,
+            "netns": ns_dict(self.netns),
+            "netns_error": self.netns_error,
+            "privileged": self.privileged,
+            "cgroup_root": self.cgroup_root,
+            "cgroup": self.cgroup,
+            "in_cgroup_procs": self.in_cgroup_procs,
+            "ancestors": self.ancestors,
+            "tagged_cgroup": self.tagged_cgroup,
+            "tag": tag,
+            "approved_netns": ns_dict(self.approved),
+            "pin": self.pin,
+            "build": self.record,
+            "allow_list": self.allow_list,
+            "in_approved_netns": (same_netns(self.netns, self.approved)
+                                  if self.netns is not None and self.approved is not None
+                                  else None),
+            "verdict": self.verdict,
+            "reason_code": self.reason_code,
+            "category": self.category,
+            "reason": self.reason,
+            "fix": self.fix,
+            "notes": self.notes,
+        }
+
+
+def _gone(pid, during=False):
+    if during:
+        return ProcessGone("process %d exited while it was being shown" % pid,
+                           "show a process that is still running")
+    return ProcessGone("no such process: %d" % pid, "name the PID of a running process (ps -e)")
+
+
+class _Subject:
+    """/proc/PID opened once: every read goes through this descriptor, so a
+    PID reused while we look is never confused with the one we started with
+    (reads through a dead process's /proc directory fail with ESRCH)."""
+
+    def __init__(self, pid, proc):
+        self.pid = pid
+        try:
+            self.fd = os.open(os.path.join(proc, str(pid)),
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+            raise _gone(pid) from None
+        except PermissionError:
+            raise NoPermission("cannot open %s/%d: permission denied" % (proc, pid),
+                               "run cgnetns-show as root") from None
+        if _sys.fstatfs_type(self.fd) != _sys.PROC_SUPER_MAGIC:
+            os.close(self.fd)
+            raise CgnetnsError("%s is not a procfs mount" % proc, "mount proc on /proc")
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            self.pidfd = None
+
+    def read(self, name):
+        try:
+            return _read_at(self.fd, name)
+        except (FileNotFoundError, ProcessLookupError):
+            raise _gone(self.pid, during=True) from None
+        except PermissionError:
+            raise NoPermission("cannot read %s of process %d: permission denied"
+                               % (name, self.pid), "run cgnetns-show as root") from None
+
+    def alive(self):
+        if self.pidfd is not None:
+            r, _, _ = select.select([self.pidfd], [], [], 0)
+            if r:
+                return False
+        try:
+            data = _read_at(self.fd, "stat")
+        except OSError:
+            return False
+        return data[data.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+    def close(self):
+        os.close(self.fd)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+
+
+def explain(pid=None, *, proc="/proc", sys_cgroup=cgroups.SYS_CGROUP,
+            run_dir=namespaces.RUN_DIR, allow_list=ALLOW_LIST, privileged=None,
+            lock_holders=None):
+    """Explain what cgnetns-exec would do for PID (default: this process).
+
+    Raises ProcessGone (no such process, or it exited meanwhile), NoPermission,
+    or CgnetnsError (e.g. /proc is not procfs).  Every other outcome — refusals
+    included — is an answer: an :class:`Explanation`.
+    """
+    if pid is None:
+        pid = os.getpid()
+    ex = Explanation(pid)
+    ex.privileged = can_read_trusted_xattrs(proc) if privileged is None else privileged
+    subj = _Subject(pid, proc)
+    try:
+        _describe_process(ex, subj)
+        ex.allow_list = check_allow_list(allow_list)
+        try:
+            _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders)
+        except _Verdict as r:
+            ex.decide(r.code, r.reason, r.fix)
+        # The helper refuses every call when its policy file is unsafe.
+        if ex.allow_list["state"] == "unsafe" and ex.verdict != "refuse":
+            ex.notes.append("without the allow-list problem the verdict would be %s (%s)"
+                            % (ex.verdict, ex.reason))
+            ex.decide("allow-list-unsafe",
+                      "the allow list is unsafe: %s; cgnetns-exec refuses every call"
+                      % ex.allow_list["problem"],
+                      "chown root:root %s && chmod 644 %s (and the directories above it)"
+                      % (allow_list, allow_list))
+        if not subj.alive():
+            raise _gone(pid, during=True)
+    finally:
+        subj.close()
+    return ex
+
+
+def _describe_process(ex, subj):
+    status = subj.read("status").decode(errors="replace")
+    fields = {}
+    for line in status.splitlines():
+        k, _, v = line.partition(":")
+        fields[k] = v.strip()
+    if fields.get("State", "").startswith(("Z", "X")):
+        raise _gone(ex.pid, during=False)
+    ex.tgid = int(fields.get("Tgid", ex.pid))
+    ex.uid = int(fields["Uid"].split()[0])
+    ex.user = _user_name(ex.uid)
+    if ex.tgid != ex.pid:
+        ex.notes.append("%d is a thread of process %d" % (ex.pid, ex.tgid))
+    cmdline = subj.read("cmdline")
+    if cmdline:
+        ex.command = " ".join(a.decode(errors="replace") for a in cmdline.rstrip(b"\0").split(b"\0"))
+    else:
+        ex.command = "[%s]" % fields.get("Name", "?")
+    try:
+        fd = os.open("ns/net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=subj.fd)
+    except (FileNotFoundError, ProcessLookupError):
+        raise _gone(ex.pid, during=True) from None
+    except PermissionError as e:
+        ex.netns_error = "cannot open /proc/%d/ns/net: %s" % (ex.pid, e.strerror)
+        return
+    try:
+        ex.netns = namespaces.identity_of_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_cgroup(ex, root_fd, cgpath):
+    """Open each component below the root with O_NOFOLLOW, never leaving the
+    mount.  Returns [(relpath, fd)] from the root down to the cgroup."""
+    root_dev = os.fstat(root_fd).st_dev
+    chain = [("/", root_fd)]
+    parts = [p for p in cgpath.split("/") if p]
+    rel = ""
+    for part in parts:
+        if part in (".", ".."):
+            raise _Verdict("cgroup-unreachable",
+                          "the process's cgroup %s lies outside this view of the cgroup2 "
+                          "hierarchy (another cgroup namespace?)" % cgpath,
+                          "run cgnetns-show in the process's cgroup namespace")
+        rel += "/" + part
+        try:
+            fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=chain[-1][1])
+        except OSError as e:
+            raise _Verdict("cgroup-unreachable", "cannot open the cgroup %s: %s"
+                          % (rel, e.strerror), "the process may have moved; try again")
+        chain.append((rel, fd))
+        if os.fstat(fd).st_dev != root_dev or _sys.fstatfs_type(fd) != _sys.CGROUP2_SUPER_MAGIC:
+            raise _Verdict("cgroup-unreachable", "%s is not on the cgroup2 mount" % rel)
+    return chain
+
+
+def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
+    # 1. The 0:: line, from our view.
+    text = subj.read("cgroup").decode(errors="replace")
+    if "\n0::" not in "\n" + text:
+        raise _Verdict("no-cgroup2-membership",
+                      "the process has no cgroup2 membership (no 0:: line in "
+                      "/proc/%d/cgroup): a cgroup v1-only host" % ex.pid, cgroups.NO_CGROUP2_HINT)
+    try:
+        ex.cgroup_root = cgroups.find_cgroup2(sys_cgroup)
+    except NoCgroup2Error as e:
+        raise _Verdict("no-cgroup2", e.message, e.hint)
+    root_fd = os.open(ex.cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    chain = [("/", root_fd)]
+    try:
+        # 2. Open it below the root; check membership (retry once: it may move).
+        for attempt in range(3):
+            cgpath = cgroups.parse_proc_cgroup(text)
+            if cgpath is None:
+                raise _Verdict("cgroup-unreachable",
+                              "the 0:: line of /proc/%d/cgroup is not a path" % ex.pid)
+            ex.cgroup = cgpath
+            for _, fd in chain[1:]:
+                os.close(fd)
+            chain = _open_cgroup(ex, root_fd, cgpath)
+            try:
+                members = _read_at(chain[-1][1], "cgroup.procs").split()
+            except OSError as e:
+                raise _Verdict("cgroup-unreachable", "cannot read %s/cgroup.procs: %s"
+                              % (cgpath, e.strerror))
+            ex.in_cgroup_procs = str(ex.tgid).encode() in members
+            if ex.in_cgroup_procs:
+                break
+            time.sleep(0.01)
+            text = subj.read("cgroup").decode(errors="replace")
+        if not ex.in_cgroup_procs:
+            raise _Verdict("not-in-cgroup",
+                          "process %d is not listed in %s/cgroup.procs (its cgroup path "
+                          "does not match this view of the hierarchy)" % (ex.tgid, cgpath),
+                          "run cgnetns-show in the process's cgroup namespace")
+        # 3. Walk up to the nearest tag.
+        tagged_fd = None
+        for rel, fd in reversed(chain):
+            st = os.fstat(fd)
+            entry = {"cgroup": rel, "owner_uid": st.st_uid, "tag": None,
+                     "tag_readable": ex.privileged}
+            try:
+                raw = tags.read_raw_tag(fd)
+            except OSError as e:
+                raise _Verdict("cgroup-unreachable", "cannot read the attributes of %s: %s"
+                              % (rel, e.strerror))
+            ex.ancestors.append(entry)
+            if raw is not None:
+                entry["tag"] = raw.decode("ascii", errors="backslashreplace")
+                entry["tag_readable"] = True
+                ex.tagged_cgroup = rel
+                ex.tag_raw = entry["tag"]
+                tagged_fd = fd
+                tagged_st = st
+                break
+        if tagged_fd is None:
+            if not ex.privileged:
+                hint = _unprivileged_hint(ex, chain)
+                raise _Verdict("tags-unreadable",
+                              "this process cannot read trusted.* attributes (only with "
+                              "CAP_SYS_ADMIN), so it cannot see whether %s or an ancestor "
+                              "is a tagged build%s" % (ex.cgroup, hint),
+                              "run cgnetns-show as root to see the verdict")
+            raise _Verdict("no-build",
+                          "neither the cgroup %s nor any ancestor carries a tag: the process is in "
+                          "no build, allow-listed programs run unchanged in its own netns"
+                          % ex.cgroup,
+                          "start the build with cgnetns-run (or Build() in Python) if it "
+                          "should reach the network")
+        # 4. Root-owned.
+        if tagged_st.st_uid != 0:
+            raise _Verdict("tag-owner", "the tagged cgroup %s is owned by uid %d, not root: "
+                          "its tag is not trusted" % (ex.tagged_cgroup, tagged_st.st_uid),
+                          "build cgroups must stay owned by root; remove the tag or "
+                          "chown the cgroup back to root")
+        # 5. Parse; the pin.
+        try:
+            ex.tag = tags.parse_tag(tags.read_raw_tag(tagged_fd))
+        except TagFormatError as e:
+            ex.tag_error = e.message
+            code = "tag-version" if "format version" in e.message else "tag-format"
+            raise _Verdict(code, "the tag of %s is not usable: %s" % (ex.tagged_cgroup, e.message),
+                          e.hint or "remove the cgroup's tag (cgnetns-gc after its run ended) "
+                          "or restart the build")
+        except OSError as e:
+            raise _Verdict("cgroup-unreachable", "cannot read the tag of %s: %s"
+                          % (ex.tagged_cgroup, e.strerror))
+        ex.approved = namespaces.NsIdentity(ex.tag.dev, ex.tag.ino, ex.tag.nsid)
+        ex.record = _record_info(ex.tag.pin, run_dir, proc, lock_holders)
+        _check_pin(ex, run_dir)
+    finally:
+        for _, fd in chain[1:]:
+            os.close(fd)
+        os.close(root_fd)
+    # 6. Already there, or join.
+    if ex.netns is None:
+        raise _Verdict("netns-unreadable",
+                      "the build's pin is valid, but this process cannot read the network "
+                      "namespace of process %d (%s), so it cannot tell join from "
+                      "pass-through" % (ex.pid, ex.netns_error),
+                      "run cgnetns-show as root")
+    if same_netns(ex.netns, ex.approved):
+        raise _Verdict("already-in-approved-netns",
+                      "the process is already in the approved network namespace %s: "
+                      "allow-listed programs run unchanged" % ns_name(ex.approved))
+    raise _Verdict("approved-netns-differs",
+                  "the process is in %s, its build %s approves %s: allow-listed programs "
+                  "started through cgnetns-exec run in the approved namespace"
+                  % (ns_name(ex.netns), ex.tagged_cgroup, ns_name(ex.approved)))
+
+
+def _unprivileged_hint(ex, chain):
+    for rel, _ in chain:
+        parent, base = os.path.split(rel)
+        if parent == "/" + cgroups.CGNETNS_SUBTREE and tags.valid_id(base):
+            return " (by its place, %s looks like a cgnetns build)" % rel
+    return ""
+
+
+def _check_pin(ex, run_dir):
+    pdir = namespaces.pins_dir(run_dir)
+    path = os.path.join(pdir, ex.tag.pin)
+    ex.pin = {"path": path, "state": None, "netns": None, "matches": False, "error": None}
+    try:
+        dfd = _open_trusted_dir(run_dir, pdir)
+    except _Verdict:
+        ex.pin["state"] = "unsafe-dir"
+        raise
+    try:
+        try:
+            fd = os.open(ex.tag.pin, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            ex.pin["state"] = "missing"
+            raise _Verdict("pin-missing", "the pin %s of build %s does not exist (removed by "
+                          "hand, or the run is over)" % (path, ex.tagged_cgroup),
+                          "restart the build; cgnetns-gc removes what its run left")
+        except OSError as e:
+            ex.pin["state"] = "not-nsfs"
+            ex.pin["error"] = e.strerror
+            raise _Verdict("pin-not-nsfs", "cannot open the pin %s: %s" % (path, e.strerror),
+                          "restart the build")
+        try:
+            if _sys.fstatfs_type(fd) != _sys.NSFS_MAGIC:
+                ex.pin["state"] = "not-nsfs"
+                raise _Verdict("pin-not-nsfs", "the pin %s holds no namespace (not an nsfs "
+                              "file: unmounted by hand?)" % path, "restart the build")
+            if _sys.ns_get_nstype(fd) != _sys.CLONE_NEWNET:
+                ex.pin["state"] = "not-net"
+                raise _Verdict("pin-not-net", "the pin %s holds a namespace that is not a "
+                              "network namespace" % path, "restart the build")
+            st = os.fstat(fd)
+            got = namespaces.NsIdentity(st.st_dev, st.st_ino, _sys.ns_get_id(fd))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+    ex.pin["netns"] = ns_dict(got)
+    t = ex.tag
+    if (got.dev, got.ino) != (t.dev, t.ino) or (t.nsid and got.nsid != t.nsid):
+        ex.pin["state"] = "mismatch"
+        what = ("its namespace id is %d, the tag says %d (the inode number was reused)"
+                % (got.nsid, t.nsid) if (got.dev, got.ino) == (t.dev, t.ino)
+                else "it holds %s (dev %d), the tag says net:[%d] (dev %d)"
+                % (ns_name(got), got.dev, t.ino, t.dev))
+        raise _Verdict("pin-mismatch", "the pin %s does not match the tag of %s: %s"
+                      % (path, ex.tagged_cgroup, what),
+                      "the tag or the pin was changed by hand: restart the build")
+    ex.pin["state"] = "ok"
+    ex.pin["matches"] = True
+
+
+def _open_trusted_dir(run_dir, pdir):
+    """Open the pins directory, refusing it unless it and RUN_DIR are
+    root-owned directories without group/other write (FORMAT.rst)."""
+    fd = None
+    for path in (run_dir, pdir):
+        try:
+            nfd = os.open(path if fd is None else os.path.basename(path),
+                          os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+        except FileNotFoundError:
+            if fd is not None:
+                os.close(fd)
+            raise _Verdict("pin-missing", "%s does not exist, so no pin does" % path,
+                          "restart the build; cgnetns-gc removes what its run left")
+        except OSError as e:
+            if fd is not None:
+                os.close(fd)
+            raise _Verdict("pins-dir-unsafe", "cannot open %s: %s" % (path, e.strerror),
+                          "it must be a root-owned directory (mode 0755 / 0700)")
+        if fd is not None:
+            os.close(fd)
+        fd = nfd
+        st = os.fstat(fd)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            os.close(fd)
+            raise _Verdict("pins-dir-unsafe", "%s is not a root-owned directory without "
+                          "group/other write (owner uid %d, mode %04o)"
+                          % (path, st.st_uid, stat.S_IMODE(st.st_mode)),
+                          "remove it (no build may be running) and let the next build make it")
+    return fd
+
+
+# ------------------------------------------------------------- records
+
+def lock_holders(proc="/proc"):
+    """flock(2) locks from /proc/locks: {(major, minor, ino): [(pid, 'READ'|'WRITE')]}.
+
+    Reading /proc/locks takes no lock, so looking never disturbs a build that is
+    just creating and locking its record (a probe with flock could)."""
+    out = {}
+    try:
+        with open(os.path.join(proc, "locks")) as f:
+            for line in f:
+                fields = line.split()
+                if "->" in fields[:2]:
+                    continue  # a waiter, not a holder
+                if len(fields) < 6 or fields[1] != "FLOCK":
+                    continue
+                try:
+                    pid = int(fields[4])
+                    maj, mnr, ino = fields[5].split(":")
+                    key = (int(maj, 16), int(mnr, 16), int(ino))
+                except ValueError:
+                    continue
+                out.setdefault(key, []).append((pid, fields[3]))
+    except OSError:
+        pass
+    return out
+
+
+def record_owner(path, holders):
+    """(live, pid): whether some process holds the record's exclusive lock."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False, None
+    key = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for pid, kind in holders.get(key, []):
+        if kind == "WRITE":
+            return True, pid
+    return False, None
+
+
+def _record_info(build_id, run_dir, proc, holders):
+    from . import records
+    path = records.record_path(build_id, run_dir)
+    data = records.read_record(path)
+    if data is None and not os.path.exists(path):
+        return {"id": build_id, "record": path, "exists": False, "live": None}
+    if holders is None:
+        holders = lock_holders(proc)
+    live, lock_pid = record_owner(path, holders)
+    data = data or {}
+    created = data.get("created")
+    return {"id": build_id, "record": path, "exists": True, "live": live,
+            "name": data.get("name"), "owner_pid": data.get("pid"),
+            "created": created,
+            "age": round(time.time() - created, 3) if isinstance(created, (int, float)) else None,
+            "cgroup": data.get("cgroup")}
