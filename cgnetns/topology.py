@@ -555,7 +555,7 @@ class Topology:
             "-u", "icecc"], log_path=self.icecc_scheduler_log)
         # A daemon that misses the scheduler at its first try waits ~20 s
         # before the next: start the daemons only once the scheduler listens.
-        self._wait_for({"icecc-scheduler": lambda: self._tcp_ready(ICECC_SCHEDULER_PORT)})
+        self._wait_for({"icecc-scheduler": lambda: "scheduler ready" in self.log_text("icecc-scheduler")})
         self._spawn("iceccd-remote", self._nsenter() + [
             iceccd, "-n", netname, "-s", f"{self.remote_addr}:{ICECC_SCHEDULER_PORT}",
             "-m", "2", "-N", f"remote-{self.tag}", "-b", remote_env,
@@ -587,7 +587,6 @@ class Topology:
         if self.want_ssh:
             pending["sshd"] = lambda: self._tcp_ready(SSH_PORT)
         if self.want_icecc:
-            pending["iceccd-remote"] = lambda: self._tcp_ready(ICECC_DAEMON_PORT)
             pending["iceccd-local"] = lambda: os.path.exists(self.icecc_socket)
             pending["iceccd logins at the scheduler"] = self._icecc_logged_in
         self._wait_for(pending)
