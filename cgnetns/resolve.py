@@ -615,56 +615,74 @@ def _unprivileged_hint(ex, chain):
     return ""
 
 
-def _check_pin(ex, run_dir):
-    pdir = namespaces.pins_dir(run_dir)
-    path = os.path.join(pdir, ex.tag.pin)
-    ex.pin = {"path": path, "state": None, "netns": None, "matches": False, "error": None}
+PIN_STATES = ("ok", "missing", "unsafe-dir", "not-nsfs", "not-net", "mismatch")
+
+
+def inspect_pin(pin_id, tag=None, run_dir=namespaces.RUN_DIR):
+    """The pin PIN_ID checked as cgnetns-exec checks it (step 5 of the rule).
+
+    Returns a dict: ``path``; ``state`` (one of PIN_STATES, ``ok`` also when
+    TAG is None and the pin holds a network namespace); ``netns`` (what it
+    holds, or None); ``matches`` (it holds what TAG names); ``reason_code``
+    and ``reason`` (None when ok); ``fix``.
+    """
+    path = os.path.join(namespaces.pins_dir(run_dir), pin_id)
+    out = {"path": path, "state": "ok", "netns": None, "matches": False, "error": None,
+           "reason_code": None, "reason": None, "fix": None}
+
+    def bad(state, code, reason, fix="restart the build; cgnetns-gc removes what a dead "
+                                       "run left"):
+        out.update(state=state, reason_code=code, reason=reason, fix=fix)
+        return out
+
     try:
-        dfd = _open_trusted_dir(run_dir, pdir)
-    except _Verdict:
-        ex.pin["state"] = "unsafe-dir"
-        raise
+        dfd = _open_trusted_dir(run_dir, namespaces.pins_dir(run_dir))
+    except _Verdict as v:
+        return bad("missing" if v.code == "pin-missing" else "unsafe-dir", v.code, v.reason, v.fix)
     try:
         try:
-            fd = os.open(ex.tag.pin, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            fd = os.open(pin_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         except FileNotFoundError:
-            ex.pin["state"] = "missing"
-            raise _Verdict("pin-missing", "the pin %s of build %s does not exist (removed by "
-                          "hand, or the run is over)" % (path, ex.tagged_cgroup),
-                          "restart the build; cgnetns-gc removes what its run left")
+            return bad("missing", "pin-missing", "the pin %s does not exist (removed by hand, "
+                       "or the run is over)" % path)
         except OSError as e:
-            ex.pin["state"] = "not-nsfs"
-            ex.pin["error"] = e.strerror
-            raise _Verdict("pin-not-nsfs", "cannot open the pin %s: %s" % (path, e.strerror),
-                          "restart the build")
+            out["error"] = e.strerror
+            return bad("not-nsfs", "pin-not-nsfs", "cannot open the pin %s: %s"
+                       % (path, e.strerror))
         try:
             if _sys.fstatfs_type(fd) != _sys.NSFS_MAGIC:
-                ex.pin["state"] = "not-nsfs"
-                raise _Verdict("pin-not-nsfs", "the pin %s holds no namespace (not an nsfs "
-                              "file: unmounted by hand?)" % path, "restart the build")
+                return bad("not-nsfs", "pin-not-nsfs", "the pin %s holds no namespace (not an "
+                           "nsfs file: unmounted by hand?)" % path)
             if _sys.ns_get_nstype(fd) != _sys.CLONE_NEWNET:
-                ex.pin["state"] = "not-net"
-                raise _Verdict("pin-not-net", "the pin %s holds a namespace that is not a "
-                              "network namespace" % path, "restart the build")
+                return bad("not-net", "pin-not-net", "the pin %s holds a namespace that is not "
+                           "a network namespace" % path)
             st = os.fstat(fd)
             got = namespaces.NsIdentity(st.st_dev, st.st_ino, _sys.ns_get_id(fd))
         finally:
             os.close(fd)
     finally:
         os.close(dfd)
-    ex.pin["netns"] = ns_dict(got)
-    t = ex.tag
-    if (got.dev, got.ino) != (t.dev, t.ino) or (t.nsid and got.nsid != t.nsid):
-        ex.pin["state"] = "mismatch"
-        what = ("its namespace id is %d, the tag says %d (the inode number was reused)"
-                % (got.nsid, t.nsid) if (got.dev, got.ino) == (t.dev, t.ino)
+    out["netns"] = ns_dict(got)
+    if tag is None:
+        return out
+    if (got.dev, got.ino) != (tag.dev, tag.ino) or (tag.nsid and got.nsid != tag.nsid):
+        what = ("its namespace id is %d, the tag says %d (same inode number, another "
+                "namespace: the approved one is gone)" % (got.nsid, tag.nsid)
+                if (got.dev, got.ino) == (tag.dev, tag.ino)
                 else "it holds %s (dev %d), the tag says net:[%d] (dev %d)"
-                % (ns_name(got), got.dev, t.ino, t.dev))
-        raise _Verdict("pin-mismatch", "the pin %s does not match the tag of %s: %s"
-                      % (path, ex.tagged_cgroup, what),
-                      "the tag or the pin was changed by hand: restart the build")
-    ex.pin["state"] = "ok"
-    ex.pin["matches"] = True
+                % (ns_name(got), got.dev, tag.ino, tag.dev))
+        return bad("mismatch", "pin-mismatch", "the pin %s does not match the tag: %s"
+                   % (path, what), "the tag or the pin was changed by hand: restart the build")
+    out["matches"] = True
+    return out
+
+
+def _check_pin(ex, run_dir):
+    info = inspect_pin(ex.tag.pin, ex.tag, run_dir)
+    ex.pin = {k: info[k] for k in ("path", "state", "netns", "matches", "error")}
+    if info["state"] != "ok":
+        raise _Verdict(info["reason_code"], "build %s: %s" % (ex.tagged_cgroup, info["reason"]),
+                       info["fix"])
 
 
 def _open_trusted_dir(run_dir, pdir):
