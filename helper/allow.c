@@ -1,0 +1,84 @@
+/* allow.c: the allow list and the program check.
+ *
+ * PROGRAM is either an absolute path, which must equal an entry exactly, or
+ * a bare name, which matches the first entry with that basename.  Nothing
+ * else: a relative name with a '/' is refused, and the caller's PATH is
+ * never used.  The entry is then opened with open_trusted() (no symlinks,
+ * every directory and the file root-owned and not group/other writable) and
+ * the resulting fd is what exec.c runs. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "helper.h"
+
+/* Static: the helper allocates nothing on its privileged path. */
+static char allow_buf[ALLOW_MAX];
+
+void allow_check_program(const char *program, int privileged, struct program *out)
+{
+	struct trust_error e;
+	size_t plen = strlen(program);
+
+	if (plen == 0)
+		die(EXIT_NOT_USABLE, "empty program name");
+	if (plen >= CG_PATH_MAX)
+		die(EXIT_NOT_USABLE, "program name too long");
+	if (program[0] != '/' && strchr(program, '/'))
+		die(EXIT_NOT_USABLE,
+		    "%.200s: name a program by absolute path or bare name", program);
+
+	/* The allow list may be mode 0600: read it with the privilege we have.
+	 * It is opened by fixed path from "/", so the caller cannot substitute
+	 * one (no symlink is followed, every directory is root's). */
+	int fd = open_trusted(CGNETNS_ALLOW_PATH, TRUST_FILE,
+			      O_RDONLY | O_NONBLOCK | O_NOCTTY, &e);
+	if (fd < 0) {
+		if (e.unsafe)
+			die(EXIT_REFUSE, "unsafe allow list %s: %s %s",
+			    CGNETNS_ALLOW_PATH, e.where, e.why);
+		errno = e.err;
+		if (!privileged && e.err == EACCES)
+			die(EXIT_REFUSE, "cannot read the allow list %s without privilege",
+			    CGNETNS_ALLOW_PATH);
+		die_with_error(EXIT_REFUSE, "allow list %s: cannot open %s",
+			       CGNETNS_ALLOW_PATH, e.where);
+	}
+	ssize_t n = read_full(fd, allow_buf, sizeof allow_buf);
+	close_quietly(fd);
+	if (n < 0)
+		die_with_error(EXIT_REFUSE, "cannot read the allow list %s", CGNETNS_ALLOW_PATH);
+	if ((size_t)n > sizeof allow_buf)
+		die(EXIT_REFUSE, "allow list %s is larger than %d bytes",
+		    CGNETNS_ALLOW_PATH, ALLOW_MAX);
+
+	const char *entry;
+	size_t elen;
+	unsigned bad_line;
+	switch (parse_allow(allow_buf, (size_t)n, program, &entry, &elen, &bad_line)) {
+	case PARSE_OK:
+		break;
+	case PARSE_NONE:
+		die(EXIT_NOT_USABLE, "%.200s: not in the allow list", program);
+	default:
+		die(EXIT_REFUSE, "allow list %s, line %u: not a canonical absolute path",
+		    CGNETNS_ALLOW_PATH, bad_line);
+	}
+	memcpy(out->path, entry, elen);
+	out->path[elen] = '\0';
+
+	/* O_PATH: the file is only looked at and later executed through this
+	 * fd, never read or opened in a way that has side effects. */
+	out->fd = open_trusted(out->path, TRUST_FILE, O_PATH, &e);
+	if (out->fd < 0) {
+		if (e.unsafe)
+			die(EXIT_NOT_USABLE, "%s: not safe to run: %s %s",
+			    out->path, e.where, e.why);
+		errno = e.err;
+		if (e.err == ENOENT)
+			die(EXIT_NOT_FOUND, "%s: not found", out->path);
+		die_with_error(EXIT_NOT_USABLE, "%s", e.where);
+	}
+}

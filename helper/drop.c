@@ -1,0 +1,90 @@
+/* drop.c: the caller's credentials and the privilege drop.
+ *
+ * The drop is the order that cannot be undone: supplementary groups, then
+ * the three gids, then the three uids (after setresuid() nothing may change
+ * groups any more).  It is then verified, not assumed: the ids are read
+ * back, regaining root must fail, and no capability may be left. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <grp.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "helper.h"
+
+#define GROUPS_MAX 65536 /* the kernel's NGROUPS_MAX */
+static gid_t caller_groups[GROUPS_MAX];
+static gid_t check_groups[GROUPS_MAX];
+
+void caller_get(struct caller *c)
+{
+	if (getresuid(&c->ruid, &c->euid, &c->suid) < 0 ||
+	    getresgid(&c->rgid, &c->egid, &c->sgid) < 0)
+		die_with_error(EXIT_REFUSE, "cannot read own credentials");
+	/* A set-user-ID exec leaves the supplementary groups as they were:
+	 * these are the caller's. */
+	int n = getgroups(GROUPS_MAX, caller_groups);
+	if (n < 0)
+		die_with_error(EXIT_REFUSE, "cannot read supplementary groups");
+	c->ngroups = n;
+	c->groups = caller_groups;
+}
+
+static int capget_self(struct cg_cap_data d[2])
+{
+	struct cg_cap_header h = { CG_CAP_VERSION_3, 0 };
+	memset(d, 0, 2 * sizeof d[0]);
+	return (int)syscall(SYS_capget, &h, d);
+}
+
+int have_admin_capability(void)
+{
+	struct cg_cap_data d[2];
+	if (capget_self(d) < 0)
+		return 0;
+	return (d[0].effective >> CG_CAP_SYS_ADMIN) & 1;
+}
+
+void drop_privileges(const struct caller *c)
+{
+	/* Groups first, while setgroups() is still permitted.  They are the
+	 * caller's already; setting them states it instead of assuming it.
+	 * Without CAP_SETGID (root in a container whose bounding set lacks it)
+	 * this fails with EPERM: the check below then proves they are right. */
+	if (setgroups((size_t)c->ngroups, c->groups) < 0 && errno != EPERM)
+		die_with_error(EXIT_REFUSE, "setgroups");
+	/* gids before uids: once the uids are the caller's, the gids could no
+	 * longer be changed. */
+	if (setresgid(c->rgid, c->rgid, c->rgid) < 0)
+		die_with_error(EXIT_REFUSE, "setresgid");
+	if (setresuid(c->ruid, c->ruid, c->ruid) < 0)
+		die_with_error(EXIT_REFUSE, "setresuid");
+
+	/* Verify. */
+	uid_t r, e, s;
+	gid_t rg, eg, sg;
+	if (getresuid(&r, &e, &s) < 0 || r != c->ruid || e != c->ruid || s != c->ruid ||
+	    getresgid(&rg, &eg, &sg) < 0 || rg != c->rgid || eg != c->rgid || sg != c->rgid)
+		die(EXIT_REFUSE, "privilege drop failed: ids not the caller's");
+	int n = getgroups(GROUPS_MAX, check_groups);
+	if (n != c->ngroups ||
+	    memcmp(check_groups, c->groups, (size_t)n * sizeof(gid_t)) != 0)
+		die(EXIT_REFUSE, "privilege drop failed: groups not the caller's");
+	if (c->ruid != 0) {
+		if (setuid(0) == 0 || seteuid(0) == 0 || setresuid(0, 0, 0) == 0)
+			die(EXIT_REFUSE, "privilege drop failed: root could be regained");
+		struct cg_cap_data d[2];
+		if (capget_self(d) < 0)
+			die_with_error(EXIT_REFUSE, "capget");
+		/* Securebits such as SECBIT_NO_SETUID_FIXUP, set by an ancestor,
+		 * would keep capabilities across setresuid(): refuse. */
+		if (d[0].effective | d[0].permitted | d[1].effective | d[1].permitted)
+			die(EXIT_REFUSE, "privilege drop failed: capabilities left");
+	}
+	if (c->ruid != 0 && c->rgid != 0) {
+		if (setgid(0) == 0 || setegid(0) == 0)
+			die(EXIT_REFUSE, "privilege drop failed: group root could be regained");
+	}
+}
