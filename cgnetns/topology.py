@@ -266,7 +266,7 @@ class Topology:
     def compile_ok_sources(self):
         """Source file names the distccd logs report as COMPILE_OK (for messages)."""
         names = []
-        pat = re.compile(r"COMPILE_OK \d+ \d+ms (\S+)")
+        pat = re.compile(r"COMPILE_OK .*\btime:\d+ms \S+ (\S+)")
         for path in (self.distccd_log, self.ssh_distccd_log):
             if path and os.path.exists(path):
                 with open(path, errors="replace") as f:
