@@ -7,8 +7,10 @@
  * TMPDIR, GCONV_PATH, MALLOC_*, ... from a set-id program's environment
  * before main() (its "unsecure" list) and rewrites GLIBC_TUNABLES.  The
  * caller's original strings are still on the stack, which the kernel shows
- * as /proc/self/environ: they are read back from there, only after the
- * privilege drop (nothing of the environment is read while privileged). */
+ * as /proc/self/environ: they are read back from there.  The file is opened
+ * before the privilege drop (a set-user-ID process is not dumpable, so its
+ * /proc files belong to root) and read only after it: nothing of the
+ * environment is read while privileged. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -23,13 +25,25 @@
 extern char **environ;
 
 #ifdef __GLIBC__
-static char **environ_from_proc(void)
+static int environ_fd = -1;
+#endif
+
+void env_prepare(void)
 {
-	int fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		die_with_error(EXIT_REFUSE, "cannot restore the environment: /proc/self/environ");
-	if (!fd_on_fs(fd, CG_PROC_SUPER_MAGIC))
-		die(EXIT_REFUSE, "cannot restore the environment: /proc is not procfs");
+#ifdef __GLIBC__
+	if (!getauxval(AT_SECURE))
+		return;
+	environ_fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
+	if (environ_fd < 0)
+		die_with_error(EXIT_REFUSE, "cannot open /proc/self/environ");
+	if (!fd_on_fs(environ_fd, CG_PROC_SUPER_MAGIC))
+		die(EXIT_REFUSE, "/proc/self/environ is not on procfs");
+#endif
+}
+
+#ifdef __GLIBC__
+static char **environ_from_proc(int fd)
+{
 	size_t cap = 64 * 1024, len = 0;
 	char *buf = malloc(cap + 1);
 	for (;;) {
@@ -68,8 +82,8 @@ static char **environ_from_proc(void)
 char **env_for_program(void)
 {
 #ifdef __GLIBC__
-	if (getauxval(AT_SECURE))
-		return environ_from_proc();
+	if (environ_fd >= 0)
+		return environ_from_proc(environ_fd);
 #endif
 	return environ;
 }

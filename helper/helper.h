@@ -142,6 +142,7 @@ int have_admin_capability(void);
 void drop_privileges(const struct caller *c);
 
 /* ---- env.c ---- */
+void env_prepare(void);
 char **env_for_program(void);
 
 /* ---- exec.c ---- */

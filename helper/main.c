@@ -114,8 +114,10 @@ int main(int argc, char **argv)
 	}
 
 	/* For good, and checked, before anything of the caller's is used. */
-	if (privileged || elevated)
+	if (privileged || elevated) {
+		env_prepare();
 		drop_privileges(&c);
+	}
 
 	exec_program(&prog, prog_argv, env_for_program());
 }
