@@ -87,7 +87,7 @@ class Found:
         return {
             "id": self.id,
             "name": self.name,
-            "state": "live" if self.live else "dead",
+            "state": "live" if self.live else "dead" if self.record_path else "no-record",
             "owner_pid": self.owner_pid,
             "created": self.created,
             "age": round(now - self.created, 3) if self.created is not None else None,
@@ -399,6 +399,7 @@ def _plan(f, cgroup_root, live_cgroups, run_dir, result):
         return acts
     # Which cgroups of this build may gc touch?
     own = f.cgroup
+    has_record = f.record_path is not None
     candidates = []
     for rel, raw, tag, err in f.tagged:
         if rel not in candidates:
@@ -407,25 +408,40 @@ def _plan(f, cgroup_root, live_cgroups, run_dir, result):
         candidates.insert(0, own)
     for rel in candidates:
         if _below(rel, live_cgroups):
-            result.skipped.append({"path": rel, "why": "inside the live build %s" % rel})
+            result.skipped.append({"path": rel, "why": "inside a live build"})
+            continue
+        if cgroup_root is None:
             continue
         parent, base = os.path.split(rel)
-        ours = base == f.id and (f.owns_cgroup is not False) and (
-            parent == subtree or (f.record_path is not None and rel == own))
-        path = cgroups.to_abs(cgroup_root, rel) if cgroup_root else None
-        if path is None:
-            continue
-        is_tagged = any(t[0] == rel for t in f.tagged)
-        if not ours and not (f.record_path is not None and rel == own) and parent != subtree:
-            result.skipped.append({"path": rel, "why": "tagged for pin %s, which has no record; "
-                                   "not made by cgnetns as far as gc can tell" % f.id})
-            continue
-        if is_tagged:
-            acts.append(Action("remove-tag", rel, f.id, why))
-        if ours:
-            pids = []
+        in_subtree = parent == subtree
+        path = cgroups.to_abs(cgroup_root, rel)
+        if has_record:
+            if rel != own and not in_subtree:
+                result.skipped.append({"path": rel, "why": "tagged for %s, but the record names "
+                                       "another cgroup: remove the tag by hand if it is debris"
+                                       % f.id})
+                continue
+            owned = rel == own and base == f.id and f.owns_cgroup is not False
+        else:
+            if not in_subtree:
+                result.skipped.append({"path": rel, "why": "tagged for %s, which has no record, "
+                                       "outside %s: remove the tag by hand if it is debris"
+                                       % (f.id, subtree)})
+                continue
+            owned = tags.valid_id(base)
+        pids = []
+        if owned:
             for d in cgroups.subtree(path):
                 pids += cgroups.procs(d)
+            if pids and not has_record:
+                result.skipped.append({"path": rel, "why": "processes %s are in it and no run "
+                                       "record says cgnetns made it: kill them by hand (echo 1 > "
+                                       "%s/cgroup.kill) if it is debris"
+                                       % (" ".join(map(str, sorted(pids))), path)})
+                continue
+        if any(t[0] == rel for t in f.tagged):
+            acts.append(Action("remove-tag", rel, f.id, why))
+        if owned:
             if pids:
                 acts.append(Action("kill", rel, f.id, "left in a dead build", sorted(pids)))
             acts.append(Action("remove-cgroup", rel, f.id, why))

@@ -199,6 +199,20 @@ def trusted_path_problem(path, want_dir=False):
     return None
 
 
+def canonical_path(p):
+    """An allow-list entry as cgnetns-exec accepts it (helper/parse.c,
+    path_is_canonical): absolute, no empty, ``.`` or ``..`` component, no
+    trailing ``/``, not ``/`` itself, no blank or control character,
+    components of at most 255 bytes."""
+    if isinstance(p, str):
+        p = os.fsencode(p)
+    if len(p) < 2 or len(p) >= 4096 or not p.startswith(b"/"):
+        return False
+    if any(c <= 0x20 or c == 0x7F for c in p):
+        return False
+    return all(0 < len(c) <= 255 and c not in (b".", b"..") for c in p[1:].split(b"/"))
+
+
 def check_allow_list(path=ALLOW_LIST):
     """The allow list as cgnetns-exec sees it.
 
@@ -232,21 +246,21 @@ def check_allow_list(path=ALLOW_LIST):
     if len(data) > 64 * 1024:
         out.update(state="unsafe", problem="%s is larger than 64 KiB" % path)
         return out
+    if b"\0" in data:
+        out.update(state="unsafe", problem="%s line %d contains a NUL byte"
+                   % (path, data[:data.index(b"\0")].count(b"\n") + 1))
+        return out
     programs = []
     for n, raw in enumerate(data.split(b"\n"), 1):
-        line = raw.strip()
+        line = raw.strip(b" \t")
         if not line or line.startswith(b"#"):
             continue
-        try:
-            entry = line.decode()
-        except UnicodeDecodeError:
-            out.update(state="unsafe", problem="%s line %d is not valid text" % (path, n))
-            return out
-        if not entry.startswith("/"):
+        if not canonical_path(line):
             out.update(state="unsafe",
-                       problem="%s line %d: %r is not an absolute path" % (path, n, entry))
+                       problem="%s line %d: %r is not a canonical absolute path"
+                       % (path, n, line.decode(errors="replace")))
             return out
-        programs.append(entry)
+        programs.append(line.decode(errors="surrogateescape"))
     out["programs"] = programs
     for prog in programs:
         p = trusted_path_problem(prog)
@@ -686,34 +700,41 @@ def _check_pin(ex, run_dir):
 
 
 def _open_trusted_dir(run_dir, pdir):
-    """Open the pins directory, refusing it unless it and RUN_DIR are
-    root-owned directories without group/other write (FORMAT.rst)."""
-    fd = None
-    for path in (run_dir, pdir):
-        try:
-            nfd = os.open(path if fd is None else os.path.basename(path),
-                          os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=fd)
-        except FileNotFoundError:
-            if fd is not None:
-                os.close(fd)
-            raise _Verdict("pin-missing", "%s does not exist, so no pin does" % path,
-                          "restart the build; cgnetns-gc removes what its run left")
-        except OSError as e:
-            if fd is not None:
-                os.close(fd)
-            raise _Verdict("pins-dir-unsafe", "cannot open %s: %s" % (path, e.strerror),
-                          "it must be a root-owned directory (mode 0755 / 0700)")
-        if fd is not None:
+    """Open the pins directory as cgnetns-exec does (helper/path.c): from "/",
+    one component at a time without following symlinks, every directory
+    root-owned and without group/other write (FORMAT.rst)."""
+    parts = [p for p in pdir.split("/") if p]
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    cur = "/"
+    try:
+        for i in range(len(parts) + 1):
+            st = os.fstat(fd)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise _Verdict("pins-dir-unsafe", "%s is not a root-owned directory without "
+                               "group/other write (owner uid %d, mode %04o)"
+                               % (cur, st.st_uid, stat.S_IMODE(st.st_mode)),
+                               "remove it (no build may be running) and let the next build "
+                               "make it" if cur.startswith(run_dir) else
+                               "chown root %s && chmod go-w %s" % (cur, cur))
+            if i == len(parts):
+                break
+            cur = os.path.join(cur, parts[i])
+            try:
+                nfd = os.open(parts[i], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                raise _Verdict("pin-missing", "%s does not exist, so no pin does" % cur,
+                               "restart the build; cgnetns-gc removes what its run left")
+            except OSError as e:
+                code = "pins-dir-unsafe" if e.errno in (errno.ELOOP, errno.ENOTDIR) else \
+                    "pin-missing"
+                raise _Verdict(code, "cannot open %s: %s" % (cur, e.strerror),
+                               "it must be a root-owned directory (not a symlink)")
             os.close(fd)
-        fd = nfd
-        st = os.fstat(fd)
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            os.close(fd)
-            raise _Verdict("pins-dir-unsafe", "%s is not a root-owned directory without "
-                          "group/other write (owner uid %d, mode %04o)"
-                          % (path, st.st_uid, stat.S_IMODE(st.st_mode)),
-                          "remove it (no build may be running) and let the next build make it")
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

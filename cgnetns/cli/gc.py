@@ -51,7 +51,10 @@ def run(argv):
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
-    elif not result.actions:
+    else:
+        for sk in result.skipped:
+            sys.stdout.write("left alone %s: %s\n" % (sk["path"], sk["why"]))
+    if not args.json and not result.actions:
         sys.stdout.write("nothing to remove (%d live build%s)\n"
                          % (len(result.live), "" if len(result.live) == 1 else "s"))
     return EXIT_PARTIAL if result.failed else 0
