@@ -17,7 +17,8 @@
 /* Static: the helper allocates nothing on its privileged path. */
 static char allow_buf[ALLOW_MAX];
 
-void allow_check_program(const char *program, int privileged, struct program *out)
+void allow_check_program(const char *program, int privileged, int check_owner,
+			 struct program *out)
 {
 	struct trust_error e;
 	size_t plen = strlen(program);
@@ -34,7 +35,7 @@ void allow_check_program(const char *program, int privileged, struct program *ou
 	 * It is opened by fixed path from "/", so the caller cannot substitute
 	 * one (no symlink is followed, every directory is root's). */
 	int fd = open_trusted(CGNETNS_ALLOW_PATH, TRUST_FILE,
-			      O_RDONLY | O_NONBLOCK | O_NOCTTY, &e);
+			      O_RDONLY | O_NONBLOCK | O_NOCTTY, check_owner, &e);
 	if (fd < 0) {
 		if (e.unsafe)
 			die(EXIT_REFUSE, "unsafe allow list %s: %s %s",
@@ -71,7 +72,7 @@ void allow_check_program(const char *program, int privileged, struct program *ou
 
 	/* O_PATH: the file is only looked at and later executed through this
 	 * fd, never read or opened in a way that has side effects. */
-	out->fd = open_trusted(out->path, TRUST_FILE, O_PATH, &e);
+	out->fd = open_trusted(out->path, TRUST_FILE, O_PATH, check_owner, &e);
 	if (out->fd < 0) {
 		if (e.unsafe)
 			die(EXIT_NOT_USABLE, "%s: not safe to run: %s %s",

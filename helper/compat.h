@@ -20,6 +20,9 @@
 #define CG_NS_GET_NSTYPE _IO(CG_NSIO, 0x3)
 #define CG_NS_GET_ID     _IOR(CG_NSIO, 0xd, uint64_t)   /* 0x8008b70d */
 
+/* the nsfs inode number of the initial user namespace (linux/proc_ns.h) */
+#define CG_PROC_USER_INIT_INO 0xEFFFFFFDU
+
 /* openat2 (linux/openat2.h) */
 struct cg_open_how {
 	uint64_t flags;

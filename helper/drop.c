@@ -6,8 +6,10 @@
  * back, regaining root must fail, and no capability may be left. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -39,12 +41,35 @@ static int capget_self(struct cg_cap_data d[2])
 	return (int)syscall(SYS_capget, &h, d);
 }
 
-int have_admin_capability(void)
+/* 1 when this process is in the initial user namespace, whose nsfs inode
+ * number is fixed (PROC_USER_INIT_INO, since Linux 3.8).  When it cannot be
+ * told (no /proc), say yes: the privileged path then refuses on its own. */
+int in_initial_userns(void)
+{
+	struct stat st;
+	int fd = open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 1;
+	int r = fstat(fd, &st);
+	int nsfs = fd_on_fs(fd, CG_NSFS_MAGIC);
+	close_quietly(fd);
+	if (r < 0 || !nsfs)
+		return 1;
+	return st.st_ino == CG_PROC_USER_INIT_INO;
+}
+
+/* Privilege is effective root holding CAP_SYS_ADMIN in the initial user
+ * namespace: reading trusted.* and setns() into root's namespace need it.
+ * Root of a user namespace, or effective root without the capability (a
+ * reduced bounding set, SECBIT_NOROOT), is not privileged. */
+int have_privilege(uid_t euid)
 {
 	struct cg_cap_data d[2];
-	if (capget_self(d) < 0)
+	if (euid != 0 || capget_self(d) < 0)
 		return 0;
-	return (d[0].effective >> CG_CAP_SYS_ADMIN) & 1;
+	if (!((d[0].effective >> CG_CAP_SYS_ADMIN) & 1))
+		return 0;
+	return in_initial_userns();
 }
 
 void drop_privileges(const struct caller *c)

@@ -89,15 +89,18 @@ struct trust_error {
 	char where[CG_PATH_MAX]; /* the component that failed */
 	const char *why;
 };
+/* check_owner 0: skip the uid 0 check (in a user namespace, where root's
+ * files show as the overflow uid and ownership cannot be observed). */
 int open_trusted(const char *abspath, enum trust_kind kind, int flags,
-		 struct trust_error *e);
+		 int check_owner, struct trust_error *e);
 
 /* ---- allow.c ---- */
 struct program {
 	int fd;                  /* O_PATH fd of the checked file */
 	char path[CG_PATH_MAX];  /* its canonical path (the allow-list entry) */
 };
-void allow_check_program(const char *program, int privileged, struct program *out);
+void allow_check_program(const char *program, int privileged, int check_owner,
+			 struct program *out);
 
 /* ---- the subject: the process the decision is made for ---- */
 struct subject {
@@ -138,7 +141,8 @@ struct caller {
 	gid_t *groups;
 };
 void caller_get(struct caller *c);
-int have_admin_capability(void);
+int in_initial_userns(void);
+int have_privilege(uid_t euid);
 void drop_privileges(const struct caller *c);
 
 /* ---- env.c ---- */

@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -83,15 +84,22 @@ int main(int argc, char **argv)
 		prog_argv = argv + i;
 	}
 
-	/* Privileged: effective root with CAP_SYS_ADMIN (reading trusted.*
-	 * and setns() need it).  Effective root without it (a reduced bounding
-	 * set, SECBIT_NOROOT) is treated as no privilege. */
+	/* elevated: the set-user-ID bit took effect (what must be given back).
+	 * privileged: it is worth something here (see have_privilege()). */
 	int elevated = c.euid != c.ruid;
-	int privileged = c.euid == 0 && have_admin_capability();
+	int privileged = have_privilege(c.euid);
+	if (privileged) {
+		/* No core dump and no /proc/PID access by the caller while
+		 * privileged, also where fs.suid_dumpable is not 0.  The exec of
+		 * the program resets it. */
+		prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	}
 
 	/* The allow list first: a program that is not on it is refused (126)
-	 * whatever else is true, and nothing is run. */
-	allow_check_program(program, privileged, &prog);
+	 * whatever else is true, and nothing is run.  In a user namespace root's
+	 * files show as the overflow uid: ownership cannot be checked there, and
+	 * nothing is granted there either (no privilege). */
+	allow_check_program(program, privileged, privileged || in_initial_userns(), &prog);
 
 	if (privileged) {
 		struct subject self;

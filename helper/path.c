@@ -41,9 +41,9 @@ static int failed(struct trust_error *e, const char *path, size_t n)
 
 /* Owned by root, no group/other write bit.  The sticky bit does not help:
  * a 1777 directory still lets others create names in it. */
-static const char *check_owner_mode(const struct stat *st)
+static const char *check_owner_mode(const struct stat *st, int check_owner)
 {
-	if (st->st_uid != 0)
+	if (check_owner && st->st_uid != 0)
 		return "is not owned by root";
 	if (st->st_mode & (S_IWGRP | S_IWOTH))
 		return "is writable by group or others";
@@ -51,7 +51,7 @@ static const char *check_owner_mode(const struct stat *st)
 }
 
 int open_trusted(const char *abspath, enum trust_kind kind, int flags,
-		 struct trust_error *e)
+		 int check_owner, struct trust_error *e)
 {
 	struct stat st;
 	const char *why;
@@ -70,7 +70,7 @@ int open_trusted(const char *abspath, enum trust_kind kind, int flags,
 		close_quietly(dir);
 		return failed(e, "/", 1);
 	}
-	if ((why = check_owner_mode(&st))) {
+	if ((why = check_owner_mode(&st, check_owner))) {
 		close_quietly(dir);
 		return bad(e, "/", 1, why);
 	}
@@ -120,7 +120,7 @@ int open_trusted(const char *abspath, enum trust_kind kind, int flags,
 				   : want_dir          ? "is not a directory"
 						       : "is not a regular file");
 		}
-		if ((why = check_owner_mode(&st))) {
+		if ((why = check_owner_mode(&st, check_owner))) {
 			close_quietly(fd);
 			return bad(e, abspath, end, why);
 		}

@@ -41,7 +41,7 @@ int pin_open_verified(const struct tag *t)
 
 	/* Root-owned, not group/other writable, reached without symlinks: only
 	 * root can have put anything in it. */
-	int dir = open_trusted(CGNETNS_PINS_DIR, TRUST_DIR, O_PATH, &e);
+	int dir = open_trusted(CGNETNS_PINS_DIR, TRUST_DIR, O_PATH, 1, &e);
 	if (dir < 0) {
 		if (e.unsafe)
 			die(EXIT_REFUSE, "unsafe pins directory: %s %s", e.where, e.why);
