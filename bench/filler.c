@@ -3,7 +3,8 @@
  *   filler N
  *
  * Forks N children that sleep in pause(2); prints each child's PID on stdout,
- * one a line, then "ready", and waits.  The children die with the filler
+ * one a line, then "ready", and waits; children that die are reaped at
+ * once (SIGCHLD ignored).  The children die with the filler
  * (PR_SET_PDEATHSIG) and when killed by PID; the benchmark kills every one of
  * them by PID and the filler itself, also on Ctrl-C.
  *
@@ -20,6 +21,8 @@ int main(int argc, char **argv)
 {
 	long n = argc > 1 ? atol(argv[1]) : 0;
 	pid_t self = getpid();
+	/* Dead children are reaped by the kernel: none lingers as a zombie. */
+	signal(SIGCHLD, SIG_IGN);
 	for (long i = 0; i < n; i++) {
 		pid_t pid = fork();
 		if (pid < 0) {

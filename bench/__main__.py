@@ -1,0 +1,118 @@
+"""python -m bench [--part NAME]... [--quick] [--rst] [--json FILE]
+
+Runs the benchmark parts (all by default) and prints one table on stdout;
+progress goes to stderr.  Exit status: 0 when every part ran, 1 when one
+failed (its row says why), 2 for a bad command line, 125 when not root,
+130 when interrupted (what was made is removed first, and the rows measured
+so far are printed).
+"""
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import signal
+import sys
+import time
+
+from .common import (BenchError, Cleanup, Row, Session, busy_processes, machine_load,
+                     render_rst, render_text)
+
+PARTS = [("helper", "percall"), ("scale", "scale"), ("data", "datapath"),
+         ("distcc", "endtoend"), ("setup", "setupcost")]
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def header(sess, started, load0, busy0, elapsed):
+    lines = [
+        "cgnetns benchmarks (%s%s): %s, %d CPUs, Linux %s, Python %s" % (
+            "quick" if sess.quick else "full", "" if sess.only is None else
+            ", parts: " + ",".join(sess.only),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(started)), os.cpu_count(),
+            platform.release(), platform.python_version()),
+        "load average at start %s, at end %s; run took %.0f s" % (
+            load0, machine_load(), elapsed),
+    ]
+    if busy0:
+        lines.append("busy at start (results may be noisy): " + ", ".join(busy0))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1],
+                                allow_abbrev=False)
+    p.add_argument("--part", action="append", choices=[n for n, _ in PARTS],
+                   help="run only this part (repeatable); default: all")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repetitions (a minute or two; figures are noisier)")
+    p.add_argument("--rst", action="store_true",
+                   help="also print the table as reStructuredText (for README.rst)")
+    p.add_argument("--json", metavar="FILE", help="write every row as JSON to FILE")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.stderr.write("bench: needs root (it makes cgroups, namespaces and mounts)\n")
+        return 125
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _interrupt)
+    # The scale part keeps 10,000 builds open at once (one record lock each).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    sess = Session(quick=args.quick)
+    sess.only = args.part
+    started = time.time()
+    load0 = machine_load()
+    busy0 = busy_processes()
+    if busy0:
+        sess.log("other processes are busy: %s (figures may be noisy)" % ", ".join(busy0))
+    failed = interrupted = False
+    try:
+        with Cleanup() as stack:
+            sess.compile_tools(stack)
+            for name, module in PARTS:
+                if args.part and name not in args.part:
+                    continue
+                mod = importlib.import_module("bench." + module)
+                sess.log("part %d (%s) ..." % (mod.PART, name))
+                t0 = time.monotonic()
+                try:
+                    mod.run(sess)
+                except BenchError as e:
+                    failed = True
+                    sess.add(Row(mod.PART, "part %s could not run" % name, na="failed"))
+                    sess.note("part %s: %s" % (name, e))
+                    sess.log("part %s failed: %s" % (name, e))
+                sess.log("part %d (%s) done in %.0f s" % (mod.PART, name, time.monotonic() - t0))
+    except KeyboardInterrupt:
+        interrupted = True
+        sess.log("interrupted: cleaned up; rows so far follow")
+
+    print(header(sess, started, load0, busy0, time.time() - started))
+    print()
+    print(render_text(sess.rows))
+    if sess.notes:
+        print()
+        for k, n in enumerate(sess.notes, 1):
+            print("[%d] %s" % (k, n))
+    if args.rst:
+        print()
+        print(render_rst(sess.rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"started": started, "quick": sess.quick, "rows": [r.as_dict() for r in
+                                                                          sess.rows],
+                       "notes": sess.notes, "load_start": load0, "busy_start": busy0,
+                       "raw": sess.raw}, f, indent=1)
+    if interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,559 @@
+"""What every benchmark part shares: the session, rows of the table, the C
+tools compiled at bench time, and ways to start a timing loop in a place
+(outside any build, or inside a build's cgroup in a new network namespace, as
+root or as an unprivileged user).
+
+Benchmarks are not tests: nothing here asserts a timing.  A part that cannot
+measure something (a missing helper, a missing feature) says so in its row.
+Everything a part creates is registered on a ``Cleanup`` stack and removed by
+its own name or PID, also on Ctrl-C or SIGTERM.
+"""
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from cgnetns import build as cgbuild
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HELPER = os.environ.get("CGNETNS_EXEC", "/usr/local/bin/cgnetns-exec")
+ALLOW_PATH = "/etc/cgnetns/allow"
+BROKER_SOCKET = "/run/cgnetns/cgnetnsd.sock"
+# /bin/true is /usr/bin/true on Debian (merged /usr).  The helper takes an
+# absolute PROGRAM only as an exact, canonical allow-list entry (no symlink on
+# the path), so every row runs the canonical path, baselines included.
+TRUE = os.path.realpath("/bin/true")
+BUILD_USER = "nobody"
+TOOLS = ("spawnloop", "rssprobe", "tcpbench", "scanres", "filler")
+
+
+class BenchError(Exception):
+    """A measurement could not be made; the message says why."""
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def command(name, env_var=None):
+    """How to start one of the project's Python commands: the installed
+    script when there is one, else this checkout with the real interpreter."""
+    if env_var and os.environ.get(env_var):
+        return [os.environ[env_var]]
+    installed = os.path.join("/usr/local/bin", name)
+    if os.access(installed, os.X_OK):
+        return [installed]
+    module = {"cgnetns-run": "cgnetns.cli.run", "cgnetnsd": "cgnetns.cli.broker"}[name]
+    return [sys.executable, "-m", module]
+
+
+def child_env(**extra):
+    """A small, fixed environment for everything the benchmarks start."""
+    env = {"PATH": SYSTEM_PATH, "LC_ALL": "C", "HOME": "/", "PYTHONPATH": REPO}
+    env.update(extra)
+    return env
+
+
+# -- the table --------------------------------------------------------------
+
+class Row:
+    """One line of the table.
+
+    ``value``/``baseline_value`` are in ``unit``; ``ratio`` is value over
+    baseline unless given (throughput rows give the time ratio).  ``target``
+    is the text of the target, ``met`` True/False/None (no target, or not
+    measured).  ``na`` replaces the value with its text ("n/a (...)").
+    """
+
+    def __init__(self, part, figure, value=None, unit="ms", n=None, baseline=None,
+                 baseline_value=None, ratio=None, target=None, met=None, na=None):
+        self.part, self.figure, self.value, self.unit, self.n = part, figure, value, unit, n
+        self.baseline, self.baseline_value = baseline, baseline_value
+        if ratio is None and value is not None and baseline_value:
+            ratio = value / baseline_value
+        self.ratio, self.target, self.met, self.na = ratio, target, met, na
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+def fmt(value, unit):
+    if value is None:
+        return "-"
+    if unit in ("KiB", "MiB/s", "calls"):
+        return "%d %s" % (round(value), unit)
+    if abs(value) >= 100:
+        s = "%.1f" % value
+    elif abs(value) >= 10:
+        s = "%.2f" % value
+    else:
+        s = "%.3f" % value
+    return "%s %s" % (s, unit)
+
+
+def row_cells(r):
+    value = r.na if r.na else fmt(r.value, r.unit)
+    base = "-"
+    if r.baseline:
+        base = r.baseline if r.baseline_value is None else "%s: %s" % (
+            r.baseline, fmt(r.baseline_value, r.unit))
+    ratio = "-" if r.ratio is None or r.na else "%.2fx" % r.ratio
+    result = {True: "met", False: "NOT met", None: "-" if not r.target else "n/a"}[r.met]
+    return [str(r.part), r.figure, "-" if r.n is None else str(r.n), value, base, ratio,
+            r.target or "-", result]
+
+
+HEADERS = ["#", "figure", "n", "median", "baseline (same run)", "ratio", "target", "result"]
+
+
+def render_text(rows):
+    table = [HEADERS] + [row_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+    out = []
+    for k, line in enumerate(table):
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def render_rst(rows):
+    table = [HEADERS] + [row_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    head = "+" + "+".join("=" * (w + 2) for w in widths) + "+"
+    out = [sep]
+    for k, line in enumerate(table):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
+        out.append(head if k == 0 else sep)
+    return "\n".join(out)
+
+
+# -- cleanup -----------------------------------------------------------------
+
+class Cleanup(contextlib.ExitStack):
+    """An ExitStack whose unwinding is not cut short by Ctrl-C: SIGINT,
+    SIGTERM and SIGHUP are blocked while it runs, and delivered after."""
+
+    def __exit__(self, *exc):
+        sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        try:
+            return super().__exit__(*exc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def kill_wait(proc, sig=signal.SIGKILL, timeout=10):
+    """End a child we started, by its PID, and reap it."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def communicate(proc, timeout=600, what="command"):
+    """proc.communicate(), but the child is killed (by PID) if we are interrupted."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_wait(proc)
+        raise BenchError("%s: no answer within %d s" % (what, timeout)) from None
+    except BaseException:
+        kill_wait(proc)
+        raise
+    return out, err
+
+
+@contextlib.contextmanager
+def allow_listed(paths):
+    """Add PATHS (canonical) to the allow list for the duration; restore the
+    file byte for byte (mode and owner too) afterwards, or remove it (and
+    /etc/cgnetns) when there was none."""
+    d = os.path.dirname(ALLOW_PATH)
+    made_dir = not os.path.isdir(d)
+    try:
+        with open(ALLOW_PATH, "rb") as f:
+            old = f.read()
+        st = os.stat(ALLOW_PATH)
+        old_meta = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        old, old_meta = None, None
+    present = {l.strip() for l in (old or b"").decode("utf-8", "replace").splitlines()}
+    add = [p for p in paths if p not in present]
+    if made_dir:
+        os.mkdir(d, 0o755)
+    try:
+        if add or old is None:
+            text = (old or b"")
+            if text and not text.endswith(b"\n"):
+                text += b"\n"
+            text += ("# added by cgnetns bench (pid %d); removed when it ends\n%s\n"
+                     % (os.getpid(), "\n".join(add))).encode()
+            _replace(ALLOW_PATH, text, (0o644, 0, 0))
+        yield
+    finally:
+        if old is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ALLOW_PATH)
+            if made_dir:
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+        elif add:
+            _replace(ALLOW_PATH, old, old_meta)
+
+
+def _replace(path, data, meta):
+    tmp = "%s.bench-%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchown(fd, meta[1], meta[2])
+        os.fchmod(fd, meta[0])
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+# -- the session -------------------------------------------------------------
+
+class Session:
+    """State shared by the parts of one run: options, compiled tools, rows."""
+
+    def __init__(self, quick=False, verbose=False):
+        self.quick = quick
+        self.verbose = verbose
+        self.rows = []
+        self.notes = []
+        self.tools = {}
+        self.tooldir = None
+        self.only = None
+        self.raw = {}          # part -> extra figures, for --json
+        self.nobody = pwd.getpwnam(BUILD_USER)
+
+    def log(self, msg):
+        sys.stderr.write("bench: %s\n" % msg)
+        sys.stderr.flush()
+
+    def add(self, *rows):
+        self.rows.extend(rows)
+
+    def note(self, text):
+        self.notes.append(text)
+
+    # Sizes: (full, quick)
+    def pick(self, full, quick):
+        return quick if self.quick else full
+
+    def compile_tools(self, stack):
+        """Compile the C tools into a root-owned directory below /run (the
+        helper runs only programs in root-owned, not group/other-writable
+        directories, and the build user must be able to execute them)."""
+        if self.tooldir:
+            return
+        cc = shutil.which("gcc", path=SYSTEM_PATH)
+        if not cc:
+            raise BenchError("gcc not found (Debian package gcc)")
+        self.tooldir = tempfile.mkdtemp(prefix="cgnetns-bench.", dir="/run")
+        stack.callback(shutil.rmtree, self.tooldir, True)
+        os.chmod(self.tooldir, 0o755)
+        for name in TOOLS:
+            out = os.path.join(self.tooldir, name)
+            _compile([cc, "-O2", "-Wall", "-o", out, os.path.join(HERE, name + ".c")])
+            self.tools[name] = out
+        # For the helper's peak RSS: a static no-op as its program (see rssprobe.c).
+        out = os.path.join(self.tooldir, "noop")
+        musl = shutil.which("musl-gcc", path=SYSTEM_PATH)
+        try:
+            _compile([musl or cc, "-O2", "-static", "-s", "-o", out, os.path.join(HERE, "noop.c")])
+        except BenchError:
+            _compile([cc, "-O2", "-s", "-o", out, os.path.join(HERE, "noop.c")])
+        self.tools["noop"] = out
+
+    def tool(self, name):
+        return self.tools[name]
+
+
+def _compile(argv):
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise BenchError("%s failed: %s" % (" ".join(argv), p.stderr.strip()[-500:]))
+
+
+# -- starting things in places ------------------------------------------------
+
+def ids_of(user):
+    return None if user is None else cgbuild.resolve_user(user)
+
+
+def start_outside(argv, user=None, env=None, **kw):
+    """ARGV in the current (parent) network namespace and cgroup."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    if user is not None:
+        uid, gid, groups = cgbuild.resolve_user(user)
+        kw.update(user=uid, group=gid, extra_groups=groups)
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env or child_env(), cwd="/",
+                            **kw)
+
+
+def start_in_build(cgroup_path, argv, user=None, unshare_net=True, env=None, **kw):
+    """ARGV in the cgroup CGROUP_PATH (a build's, or below it), in a new
+    network namespace with lo up, then as USER: the library's own child set-up
+    (cgnetns.build.ChildSetup), as Build.spawn and cgnetns-run do."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    if unshare_net:
+        import pyroute2  # noqa: F401 -- imported before fork, as Build.spawn does
+    setup = cgbuild.ChildSetup(cgroup_path, unshare_net, ids_of(user))
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env or child_env(), cwd="/",
+                            preexec_fn=setup, **kw)
+
+
+def loop(sess, start, argv, n, warm=3, nnp=False, what=None, expect_status=0):
+    """Run ARGV N times inside one spawnloop process started by START(argv).
+
+    Returns a list of (seconds, wait status, ru_maxrss KiB) per call.  Every
+    call must end with EXPECT_STATUS, else BenchError with the child's stderr.
+    """
+    cmd = [sess.tool("spawnloop"), "-n", str(n), "-w", str(warm)]
+    if nnp:
+        cmd = ["/usr/bin/setpriv", "--no-new-privs"] + cmd
+    proc = start(cmd + ["--"] + list(argv))
+    out, err = communicate(proc, what=what or argv[0])
+    if proc.returncode != 0:
+        raise BenchError("%s: spawnloop exit %d: %s" % (what or " ".join(argv), proc.returncode,
+                                                         err.decode(errors="replace").strip()[-300:]))
+    samples = []
+    for line in out.decode().split("\n"):
+        if line.strip():
+            ns, status, rss = line.split()
+            samples.append((int(ns) / 1e9, int(status), int(rss)))
+    bad = [s for s in samples if os.waitstatus_to_exitcode(s[1]) != expect_status]
+    if bad or len(samples) != n:
+        raise BenchError("%s: %d of %d calls ended with status %s (expected %d): %s" % (
+            what or " ".join(argv), len(bad), n,
+            sorted({os.waitstatus_to_exitcode(s[1]) for s in bad}), expect_status,
+            err.decode(errors="replace").strip()[-300:]))
+    return samples
+
+
+def peak_rss(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=None):
+    """Median resident set (KiB) of ARGV's last image, exactly (bench/rssprobe.c).
+    START_ROOT must start its argument as root; the program runs as USER."""
+    uid, gid, _ = cgbuild.resolve_user(user)
+    cmd = [sess.tool("rssprobe"), "-n", str(n), "-u", str(uid), "-g", str(gid)]
+    if nnp:
+        cmd.append("-P")
+    proc = start_root(cmd + ["--"] + list(argv))
+    out, err = communicate(proc, what=what or argv[0])
+    vals = []
+    for line in out.decode().split("\n"):
+        if line.strip():
+            kib, status = line.split()
+            if os.waitstatus_to_exitcode(int(status)) != 0 or int(kib) < 0:
+                raise BenchError("%s: exit status %d under rssprobe: %s" % (
+                    what or argv[0], os.waitstatus_to_exitcode(int(status)),
+                    err.decode(errors="replace").strip()[-300:]))
+            vals.append(int(kib))
+    if proc.returncode != 0 or len(vals) != n:
+        raise BenchError("%s: rssprobe failed: %s" % (what or argv[0],
+                                                      err.decode(errors="replace")[-300:]))
+    return median(vals)
+
+
+def interleaved(sess, variants, n, rounds, warm=3):
+    """Run each variant (name -> (start, argv, kwargs)) ROUNDS times N calls,
+    round-robin, so that drift on the machine touches all alike.
+    Returns name -> list of samples."""
+    got = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (start, argv, kw) in variants.items():
+            got[name] += loop(sess, start, argv, n, warm=warm, what=name, **kw)
+    return got
+
+
+def ms(samples):
+    return median([s[0] for s in samples]) * 1e3
+
+
+def rss(samples):
+    return median([s[2] for s in samples])
+
+
+def machine_load():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def busy_processes(threshold=20.0, interval=0.5):
+    """Other processes using more than THRESHOLD % of a CPU right now."""
+    def cpu_times():
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open("/proc/%s/stat" % pid, "rb") as f:
+                    data = f.read()
+                rest = data[data.rindex(b")") + 2:].split()
+                comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+                out[pid] = (int(rest[11]) + int(rest[12]), comm)
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+    a = cpu_times()
+    time.sleep(interval)
+    b = cpu_times()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (t, comm) in b.items():
+        if pid in a:
+            pct = 100.0 * (t - a[pid][0]) / hz / interval
+            if pct >= threshold:
+                busy.append("%s[%s] %.0f%%" % (comm, pid, pct))
+    return busy
+
+
+# -- the helper and the broker -------------------------------------------------
+
+READLINK = os.path.realpath("/usr/bin/readlink")
+
+
+def helper_missing():
+    """Why the set-user-ID helper cannot be measured, or None when it can."""
+    try:
+        st = os.stat(HELPER)
+    except FileNotFoundError:
+        return "not installed: %s is missing (make install)" % HELPER
+    if st.st_uid != 0 or not st.st_mode & 0o4000:
+        return "%s is not set-user-ID root" % HELPER
+    return None
+
+
+def parent_netns():
+    return os.readlink("/proc/self/ns/net")
+
+
+def probe(start, nnp=False):
+    """Run ``cgnetns-exec readlink /proc/self/ns/net`` through START; return
+    (exit status, the netns the program ran in, stderr)."""
+    argv = [HELPER, READLINK, "/proc/self/ns/net"]
+    if nnp:
+        argv = ["/usr/bin/setpriv", "--no-new-privs"] + argv
+    proc = start(argv)
+    out, err = communicate(proc, timeout=60, what="probe")
+    return proc.returncode, out.decode(errors="replace").strip(), \
+        err.decode(errors="replace").strip()
+
+
+def check_join(start):
+    """None when the helper, started by START inside a build, really runs its
+    program in the parent namespace; else the reason it does not."""
+    missing = helper_missing()
+    if missing:
+        return missing
+    rc, ns, err = probe(start)
+    if rc != 0 or ns != parent_netns():
+        return "join probe failed (exit %d, ran in %s, expected %s): %s" % (
+            rc, ns or "?", parent_netns(), err.splitlines()[-1] if err else "")
+    return None
+
+
+def check_broker(start):
+    """None when the helper under no_new_privs, started by START inside a
+    build, gets its program run in the parent namespace through cgnetnsd;
+    else why not.  A helper without the client mode runs the program where
+    it is (with a notice): that is "not implemented"."""
+    missing = helper_missing()
+    if missing:
+        return missing
+    rc, ns, err = probe(start, nnp=True)
+    if rc == 0 and ns == parent_netns():
+        return None
+    last = err.splitlines()[-1] if err else ""
+    if "broker not available" in last or (rc == 0 and ns != parent_netns()):
+        return "not implemented (the helper has no broker client mode yet: %s)" % (
+            last or "the program ran in the build's own namespace")
+    return "broker probe failed (exit %d): %s" % (rc, last)
+
+
+class BrokerProcess:
+    """cgnetnsd started for the benchmark, stopped by its PID."""
+
+    def __init__(self, sess):
+        self.sess = sess
+        self.proc = None
+        self.log_path = os.path.join(sess.tooldir, "cgnetnsd.log")
+        self.reason = None
+
+    def start(self):
+        """Start it; return None, or why it cannot run."""
+        import socket
+        if os.path.exists(BROKER_SOCKET):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(BROKER_SOCKET)
+                return "another cgnetnsd already serves %s" % BROKER_SOCKET
+            except OSError:
+                pass
+            finally:
+                s.close()
+        log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(command("cgnetnsd", "CGNETNSD"), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, env=child_env(),
+                                         cwd="/", start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "cgnetnsd exited with status %d: %s" % (self.proc.returncode,
+                                                              self.log_tail())
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(BROKER_SOCKET)
+                return None
+            except OSError:
+                time.sleep(0.02)
+            finally:
+                s.close()
+        return "cgnetnsd did not listen within 10 s"
+
+    def log_tail(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                lines = f.read().strip().splitlines()
+            return lines[-1] if lines else ""
+        except OSError:
+            return ""
+
+    def peak_rss_kib(self):
+        """VmHWM of the broker (its own peak resident set, KiB)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return None
+
+    def stop(self):
+        if self.proc is not None:
+            kill_wait(self.proc, signal.SIGTERM, timeout=5)
