@@ -1,0 +1,194 @@
+"""Part 2 (scale): does resolution cost grow with the host?
+
+cgnetns-exec resolves a caller by reading its own cgroup and walking up to the
+nearest tag: its cost should not depend on how many builds (tagged cgroups)
+or processes the host has, and should grow only a little with the depth of
+the caller's cgroup below its build.  The comparison is a resolver that finds
+"the build's parent" by scanning the process tree (bench/scanres.c: read
+/proc/*/stat of every process, walk the ppid chain up to the first process
+outside the caller's network namespace, join it) -- the approach the design
+avoids, whose cost grows with the number of processes.
+
+Figures are the cost over true: the median per-call time of
+``cgnetns-exec true`` (join path, as the build user in a new netns) or
+``scanres true`` (as root, same place), minus that of true from the same
+place in the same round.  Conditions:
+
+* tagged cgroups on the host: 1 (the measured build), 100, 10,000 (more live
+  builds made with cgnetns.build.Build: cgroup, pin, tag and record each);
+* processes on the host: 100 and 5,000 (idle processes from bench/filler.c);
+* depth: the caller's cgroup 1, 2, 4, 8, 16 levels from the tagged cgroup
+  (1: in it; 16: fifteen nested cgroups below it).
+
+Everything is removed afterwards by name or by PID (pidfd), also on Ctrl-C.
+"""
+
+import os
+import select
+import signal
+import subprocess
+import time
+
+from cgnetns.build import Build
+
+from .common import (HELPER, READLINK, TRUE, BUILD_USER, BenchError, Cleanup, Row, allow_listed,
+                     check_join, kill_wait, loop, median, start_in_build)
+
+PART = 2
+NAME = "scale"
+DEPTHS = (1, 2, 4, 8, 16)
+
+
+def count_procs():
+    return sum(1 for e in os.listdir("/proc") if e.isdigit())
+
+
+class Filler:
+    """Idle processes, each known by a pidfd, killed by it."""
+
+    def __init__(self, sess):
+        self.sess = sess
+        self.proc = None
+        self.pidfds = []
+
+    def start(self, n):
+        self.proc = subprocess.Popen([self.sess.tool("filler"), str(n)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, cwd="/", start_new_session=True)
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line == b"ready":
+                return
+            self.pidfds.append(os.pidfd_open(int(line)))
+        raise BenchError("filler ended early (status %s)" % self.proc.wait())
+
+    def stop(self):
+        for fd in self.pidfds:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # A pidfd turns readable when its process has ended.
+        for k in range(0, len(self.pidfds), 500):
+            batch = self.pidfds[k:k + 500]
+            p = select.poll()
+            for fd in batch:
+                p.register(fd, select.POLLIN)
+            left = set(batch)
+            deadline = time.monotonic() + 30
+            while left and time.monotonic() < deadline:
+                for fd, _ in p.poll(1000):
+                    left.discard(fd)
+                    p.unregister(fd)
+            for fd in batch:
+                os.close(fd)
+        self.pidfds = []
+        if self.proc is not None:
+            kill_wait(self.proc)
+            self.proc.stdout.close()
+            self.proc = None
+
+
+def close_builds(builds):
+    while builds:
+        builds.pop().close()
+
+
+def run(sess):
+    n = sess.pick(150, 40)
+    rounds = sess.pick(3, 2)
+    scan_n = sess.pick(8, 3)
+    with Cleanup() as stack:
+        stack.enter_context(allow_listed([TRUE, READLINK]))
+        base = Build(name="bench-scale").create()
+        stack.callback(base.close)
+        others = []
+        stack.callback(close_builds, others)
+        filler = Filler(sess)
+        stack.callback(filler.stop)
+        # The chain of nested cgroups for the depth series (removed with the build).
+        chain = [base.cgroup_path]
+        for d in range(2, max(DEPTHS) + 1):
+            chain.append(os.path.join(chain[-1], "d%d" % d))
+            os.mkdir(chain[-1])
+
+        def user_at(depth):
+            return lambda argv: start_in_build(chain[depth - 1], argv, user=BUILD_USER)
+
+        def root_at(depth):
+            return lambda argv: start_in_build(chain[depth - 1], argv)
+
+        join_why = check_join(user_at(1))
+        if join_why:
+            sess.note("scale: cgnetns rows not measured: %s" % join_why)
+
+        def measure(label, depth=1, scan=False):
+            t = {"true": [], "cgnetns": [], "scan": []}
+            for _ in range(rounds):
+                t["true"] += loop(sess, user_at(depth), [TRUE], n, what="true")
+                if join_why is None:
+                    t["cgnetns"] += loop(sess, user_at(depth), [HELPER, TRUE], n, what="cgnetns")
+                if scan:
+                    t["scan"] += loop(sess, root_at(depth), [sess.tool("scanres"), TRUE],
+                                      scan_n, warm=1, what="scanres")
+            med = {k: median([s[0] for s in v]) * 1e3 if v else None for k, v in t.items()}
+            res = {"true": med["true"], "procs": count_procs(),
+                   "cgnetns": None if med["cgnetns"] is None else med["cgnetns"] - med["true"],
+                   "cgnetns_total": med["cgnetns"],
+                   "scan": None if med["scan"] is None else med["scan"] - med["true"],
+                   "n": len(t["cgnetns"]), "scan_n": len(t["scan"])}
+            sess.log("scale: %s: %s" % (label, ", ".join(
+                "%s=%.3f" % (k, v) for k, v in res.items() if isinstance(v, float))))
+            return res
+
+        def set_procs(target):
+            filler.stop()
+            need = target - count_procs() - 1
+            if need > 0:
+                filler.start(need)
+
+        res = {}
+        set_procs(100)
+        res["tag1"] = measure("1 tagged cgroup", scan=True)
+        for count in (100, 10000):
+            sess.log("scale: making %d more builds" % (count - 1 - len(others)))
+            while len(others) < count - 1:
+                others.append(Build(name="bench-scale-extra").create())
+            res["tag%d" % count] = measure("%d tagged cgroups" % count, scan=count == 10000)
+        sess.log("scale: removing %d builds" % len(others))
+        close_builds(others)
+        set_procs(5000)
+        res["procs5000"] = measure("5000 processes", scan=True)
+        set_procs(100)
+        for d in DEPTHS[1:]:
+            res["depth%d" % d] = measure("depth %d" % d, depth=d)
+    sess.raw["scale"] = res
+
+    base = res["tag1"]
+    if join_why is None:
+        def row(figure, key, target=None, limit=None):
+            r = res[key]
+            ratio = r["cgnetns"] / base["cgnetns"]
+            return Row(PART, "cgnetns-exec over true: " + figure, r["cgnetns"], n=r["n"],
+                       baseline=None if key == "tag1" else "1 tagged",
+                       baseline_value=None if key == "tag1" else base["cgnetns"],
+                       target=target, met=None if limit is None else ratio <= limit)
+        sess.add(row("1 tagged cgroup, 100 procs, depth 1", "tag1"),
+                 row("100 tagged cgroups", "tag100", "<= 1.10x", 1.10),
+                 row("10,000 tagged cgroups", "tag10000", "<= 1.10x", 1.10),
+                 row("5,000 processes", "procs5000"),
+                 *[row("caller at depth %d" % d, "depth%d" % d) for d in DEPTHS[1:]])
+        sess.note("scale: per-call totals of cgnetns-exec true: %s ms (true alone %.3f ms)." % (
+            ", ".join("%s %.3f" % (k, v["cgnetns_total"]) for k, v in res.items()),
+            base["true"]))
+    else:
+        sess.add(Row(PART, "cgnetns-exec over true: 1 to 10,000 tagged cgroups", na="n/a",
+                     target="<= 1.10x"))
+    sess.add(Row(PART, "process-scan resolver over true: 100 procs", base["scan"],
+                 n=base["scan_n"]),
+             Row(PART, "process-scan resolver over true: 10,000 tagged cgroups",
+                 res["tag10000"]["scan"], n=res["tag10000"]["scan_n"], baseline="100 procs",
+                 baseline_value=base["scan"]),
+             Row(PART, "process-scan resolver over true: 5,000 procs", res["procs5000"]["scan"],
+                 n=res["procs5000"]["scan_n"], baseline="100 procs", baseline_value=base["scan"]))
+    sess.note("scale: processes on the host while measuring: %s." % ", ".join(
+        "%s %d" % (k, v["procs"]) for k, v in res.items()))
