@@ -35,8 +35,15 @@ HELPER = "/usr/local/bin/cgnetns-exec"
 BROKER_SOCKET = "/run/cgnetns/cgnetnsd.sock"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line and status 2 (run_main)."""
+
+    def error(self, message):
+        raise CgnetnsError(message, "see %s --help" % self.prog, status=EXIT_USAGE)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG, allow_abbrev=False,
         usage="%(prog)s [--json] [--debug] [PID]\n"
               "       %(prog)s --all [--json] [--debug]\n"
@@ -236,8 +243,8 @@ def format_builds(builds, width=WIDTH):
 def _member_line(m):
     ns = _ns(m["netns"]) if m["netns"] else "net:?"
     mark = "*" if m["in_approved_netns"] else " "
-    return "%-7d %-10s %-17s%s %s" % (m["pid"], _printable(m["user"] or "?")[:10], ns, mark,
-                                      _printable(m["command"] or "?"))
+    return "%-7d %-10s %-18s %s" % (m["pid"], _printable(m["user"] or "?")[:10], ns + mark,
+                                    _printable(m["command"] or "?"))
 
 
 def _cgroup_tree(cg, by_cg, prefix, width, chars):

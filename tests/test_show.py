@@ -1,0 +1,493 @@
+"""cgnetns-show on the real kernel (issue 6): the verdict it explains is the one
+cgnetns-exec acts on; --all lists concurrent builds; --check; bad input.
+
+The comparison tests need the installed helper (/usr/local/bin/cgnetns-exec,
+setuid root: ``make install``); they fail, not skip, when it is missing.  Each
+probe runs in a private mount namespace with its own allow list (a tmpfs on
+/etc/cgnetns), and cgnetns-show is run inside that same mount namespace
+(nsenter -m), so both read the same policy; nothing on the host changes.
+"""
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cgnetns import namespaces, resolve, tags
+from cgnetns.build import Build
+from cgnetns.cli import show
+
+from conftest import CGNETNS_RUN, PY, repo_env, run
+
+SHOW = [PY, "-m", "cgnetns.cli.show"]
+HELPER = "/usr/local/bin/cgnetns-exec"
+PROBE_PROGRAM = "/usr/bin/stat"
+
+# Inside a private mount namespace: our own allow list (mode $1), then become
+# nobody, say "ready", wait, and exec the helper on a program that prints the
+# identity of the network namespace it runs in.
+PROBE = (
+    "mount -t tmpfs -o mode=755,size=64k cgnetns-test /etc/cgnetns && "
+    "printf '%%s\\n' %s > /etc/cgnetns/allow && chmod \"$1\" /etc/cgnetns/allow && "
+    "exec setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c "
+    "'echo ready; read go; exec %s %s -L -c \"%%d %%i\" /proc/self/ns/net'"
+    % (PROBE_PROGRAM, HELPER, PROBE_PROGRAM))
+
+# What cgnetns-exec says (helper/*.c) for each refusal cgnetns-show names.
+HELPER_SAYS = {
+    "pin-missing": r"pin \S+ is gone|cannot open the pins directory",
+    "pin-not-nsfs": r"pin \S+ is not a namespace file",
+    "pin-mismatch": r"pin [^ :]+:? (holds another namespace than its tag names|namespace id differs)",
+    "tag-version": r"tag of cgroup \S+ has an unsupported format version",
+    "tag-format": r"malformed tag on cgroup \S+|tag of cgroup \S+ is longer",
+    "tag-owner": r"tagged cgroup \S+ is not owned by root",
+    "allow-list-unsafe": r"unsafe allow list|allow list \S+, line \d+",
+}
+
+
+def require_helper():
+    try:
+        st = os.stat(HELPER)
+    except FileNotFoundError:
+        pytest.fail("%s is not installed: run `make install` first" % HELPER)
+    assert st.st_uid == 0 and st.st_mode & stat.S_ISUID, "%s is not setuid root" % HELPER
+    assert os.path.isdir("/etc/cgnetns"), "make install creates /etc/cgnetns"
+
+
+class Probe:
+    """A process that shows itself to cgnetns-show, then execs cgnetns-exec."""
+
+    def __init__(self, build=None, unshare_net=True, allow_mode="644"):
+        argv = ["unshare", "-m", "sh", "-c", PROBE, "probe", allow_mode]
+        kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if build is not None:
+            self.proc = build.spawn(argv, unshare_net=unshare_net, **kw)
+        else:
+            self.proc = subprocess.Popen(["unshare", "-n"] + argv, **kw)
+        line = self.proc.stdout.readline()
+        if line != b"ready\n":
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=10)
+            pytest.fail("probe did not start: %r %r" % (line + out, err))
+        self.pid = self.proc.pid
+
+    def show(self, *extra):
+        """cgnetns-show --json PID, run in the probe's mount namespace."""
+        r = run(["nsenter", "-t", str(self.pid), "-m", "--"] + SHOW + ["--json"] + list(extra)
+                + [str(self.pid)], env=repo_env())
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def exec_helper(self):
+        out, err = self.proc.communicate(b"go\n", timeout=30)
+        return self.proc.returncode, out.decode(), err.decode()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)
+
+
+def compare(probe):
+    """Show the probe, let it exec the helper, and check that both agree."""
+    d = probe.show()
+    rc, out, err = probe.exec_helper()
+    verdict = d["verdict"]
+    if verdict == "join":
+        assert rc == 0 and err == "", (d["reason"], rc, err)
+        dev, ino = map(int, out.split())
+        assert (dev, ino) == (d["approved_netns"]["dev"], d["approved_netns"]["ino"])
+        assert (dev, ino) != (d["netns"]["dev"], d["netns"]["ino"])
+    elif verdict == "pass-through":
+        assert rc == 0 and err == "", (d["reason"], rc, err)
+        dev, ino = map(int, out.split())
+        assert (dev, ino) == (d["netns"]["dev"], d["netns"]["ino"])
+    elif verdict == "refuse":
+        assert rc == 125, (d["reason"], rc, out, err)
+        assert out == "", out  # nothing was run
+        assert err.count("\n") == 1 and err.startswith("cgnetns-exec: "), err
+        pattern = HELPER_SAYS[d["reason_code"]]
+        assert re.search(pattern, err), (d["reason_code"], err)
+        if d["tagged_cgroup"] and "cgroup" in pattern:
+            assert d["tagged_cgroup"] in err, (d["tagged_cgroup"], err)
+    else:
+        pytest.fail("unexpected verdict %r" % verdict)
+    return d, rc, out, err
+
+
+def _set_tag(path, value):
+    subprocess.run(["setfattr", "-n", tags.TAG_XATTR, "-v", value, path], check=True)
+
+
+# -- the same verdict as cgnetns-exec ----------------------------------------
+
+def test_probe_inside_a_build_joins(clean_host):
+    require_helper()
+    with Build(name="show-join") as b:
+        p = Probe(b, unshare_net=True)
+        try:
+            d, rc, out, err = compare(p)
+        finally:
+            p.close()
+    assert d["verdict"] == "join" and d["reason_code"] == "approved-netns-differs"
+    assert d["cgroup"] == b.cgroup and d["tagged_cgroup"] == b.cgroup
+    assert d["in_cgroup_procs"] is True
+    assert d["tag"]["pin"] == b.id and d["pin"]["state"] == "ok" and d["pin"]["matches"]
+    me = namespaces.current_identity()
+    assert d["approved_netns"] == {"name": "net:[%d]" % me.ino, "dev": me.dev, "ino": me.ino,
+                                   "nsid": me.nsid}
+    assert d["build"]["live"] is True and d["build"]["owner_pid"] == os.getpid()
+    assert d["user"] == "nobody" and d["uid"] == 65534
+    assert d["allow_list"]["state"] == "ok" and d["allow_list"]["programs"] == [PROBE_PROGRAM]
+    assert isinstance(d["pid"], int) and isinstance(d["build"]["age"], float)
+    assert d["in_approved_netns"] is False
+
+
+def test_probe_in_the_approved_netns_passes_through(clean_host):
+    require_helper()
+    with Build(name="show-already") as b:
+        p = Probe(b, unshare_net=False)
+        try:
+            d, rc, out, err = compare(p)
+        finally:
+            p.close()
+    assert d["verdict"] == "pass-through" and d["reason_code"] == "already-in-approved-netns"
+    assert d["in_approved_netns"] is True
+
+
+def test_probe_outside_any_build_passes_through(clean_host):
+    require_helper()
+    p = Probe(None)
+    try:
+        d, rc, out, err = compare(p)
+    finally:
+        p.close()
+    assert d["verdict"] == "pass-through" and d["reason_code"] == "no-build"
+    assert d["tagged_cgroup"] is None and d["tag"] is None and d["approved_netns"] is None
+    assert d["ancestors"][-1]["cgroup"] == "/" and all(a["tag"] is None for a in d["ancestors"])
+
+
+def _remove_pin_by_hand(b):
+    subprocess.run(["umount", b.pin_path], check=True)
+    subprocess.run(["rm", b.pin_path], check=True)
+
+
+def _unmount_pin_by_hand(b):
+    subprocess.run(["umount", b.pin_path], check=True)
+
+
+def _other_inode(b):
+    i = b.identity
+    _set_tag(b.cgroup_path, "v1 pin=%s dev=%d ino=%d nsid=%d" % (b.id, i.dev, i.ino + 1, i.nsid))
+
+
+def _other_nsid(b):
+    i = b.identity
+    _set_tag(b.cgroup_path, "v1 pin=%s dev=%d ino=%d nsid=%d" % (b.id, i.dev, i.ino, i.nsid + 1))
+
+
+def _version_2(b):
+    i = b.identity
+    _set_tag(b.cgroup_path, "v2 pin=%s dev=%d ino=%d nsid=%d" % (b.id, i.dev, i.ino, i.nsid))
+
+
+def _garbage(b):
+    _set_tag(b.cgroup_path, "v1 pin=%s dev=x" % b.id)
+
+
+def _chown_cgroup(b):
+    subprocess.run(["chown", "nobody", b.cgroup_path], check=True)
+
+
+@pytest.mark.parametrize("change,code", [
+    (_remove_pin_by_hand, "pin-missing"),
+    (_unmount_pin_by_hand, "pin-not-nsfs"),
+    (_other_inode, "pin-mismatch"),
+    (_other_nsid, "pin-mismatch"),
+    (_version_2, "tag-version"),
+    (_garbage, "tag-format"),
+    (_chown_cgroup, "tag-owner"),
+], ids=["pin-removed", "pin-unmounted", "tag-other-inode", "tag-other-nsid", "tag-v2",
+        "tag-garbage", "cgroup-not-root"])
+def test_build_changed_by_hand_is_refused_by_both(clean_host, change, code):
+    require_helper()
+    with Build(name="show-" + code) as b:
+        change(b)
+        p = Probe(b, unshare_net=True)
+        try:
+            d, rc, out, err = compare(p)
+        finally:
+            p.close()
+        if change is _chown_cgroup:
+            os.chown(b.cgroup_path, 0, 0)
+    assert d["verdict"] == "refuse" and d["reason_code"] == code, d["reason"]
+    assert d["fix"]
+
+
+def test_unsafe_allow_list_is_refused_by_both(clean_host):
+    require_helper()
+    with Build(name="show-allow") as b:
+        p = Probe(b, unshare_net=True, allow_mode="664")
+        try:
+            d, rc, out, err = compare(p)
+        finally:
+            p.close()
+    assert d["reason_code"] == "allow-list-unsafe" and d["allow_list"]["state"] == "unsafe"
+    assert "would be join" in " ".join(d["notes"])
+
+
+# -- human output ---------------------------------------------------------
+
+def test_human_output_explains_each_step(clean_host):
+    with Build(name="show-human") as b:
+        p = b.spawn(["sleep", "60"], user="nobody", unshare_net=True)
+        try:
+            r = run(SHOW + [str(p.pid)], env=repo_env())
+        finally:
+            p.kill()
+            p.wait()
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode()
+    labels = [line.split()[0] for line in text.splitlines() if line[:1] != " "]
+    for label in ("process", "command", "netns", "cgroup", "walk", "tag", "pin", "build",
+                  "allow", "verdict"):
+        assert label in labels, text
+    assert "JOIN" in text and b.id in text and "sleep 60" in text
+    assert all(len(line) <= 100 for line in text.splitlines()), text
+
+
+def test_default_is_itself():
+    r = run(SHOW + ["--json"], env=repo_env())
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert "cgnetns.cli.show" in d["command"]
+    for key in ("pid", "cgroup", "tagged_cgroup", "approved_netns", "netns", "verdict", "reason"):
+        assert key in d
+
+
+# -- unprivileged ---------------------------------------------------------
+
+def _as_nobody(args):
+    # Import first, then drop: the interpreter lives under /root (0700).
+    code = ("import os, sys; from cgnetns.cli import show; import cgnetns.gc, cgnetns.records;"
+            "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534);"
+            "sys.exit(show.main(%r))" % (args,))
+    return run([PY, "-c", code], env=repo_env())
+
+
+def test_unprivileged_says_it_cannot_read_tags(clean_host):
+    with Build(name="show-unpriv") as b:
+        p = b.spawn(["sleep", "60"], user="nobody", unshare_net=True)
+        try:
+            r = _as_nobody(["--json", str(p.pid)])
+            h = _as_nobody([str(p.pid)])
+        finally:
+            p.kill()
+            p.wait()
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["privileged"] is False
+    assert d["verdict"] == "unknown" and d["reason_code"] == "tags-unreadable"
+    assert d["cgroup"] == b.cgroup and d["in_cgroup_procs"] is True
+    assert [a["cgroup"] for a in d["ancestors"]] == [b.cgroup, "/cgnetns", "/"]
+    assert all(a["tag_readable"] is False for a in d["ancestors"])
+    assert d["netns"] is not None  # its own process: readable
+    assert "looks like a cgnetns build" in d["reason"] and "as root" in d["fix"]
+    assert h.returncode == 0 and b"UNKNOWN" in h.stdout and b"tag unreadable" in h.stdout
+
+
+def test_unprivileged_all_is_one_line_status_4():
+    r = _as_nobody(["--all"])
+    assert r.returncode == 4
+    assert r.stderr.count(b"\n") == 1 and b"needs root" in r.stderr and r.stdout == b""
+
+
+# -- bad input ----------------------------------------------------------------
+
+def _pid_max():
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read())
+
+
+@pytest.mark.parametrize("argv,status,words", [
+    ([str(_pid_max())], 3, "no such process"),
+    (["12x"], 2, "not a process ID"),
+    (["0"], 2, "not a process ID"),
+    (["--no-such-option"], 2, "unrecognized arguments"),
+    (["--all", "1"], 2, "cannot be combined"),
+    (["--all", "--check"], 2, "not allowed with"),
+])
+def test_bad_input_is_one_line(argv, status, words):
+    r = run(SHOW + argv, env=repo_env())
+    assert r.returncode == status, r.stderr
+    err = r.stderr.decode()
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("cgnetns-show: ")
+
+
+def test_debug_shows_the_traceback():
+    r = run(SHOW + ["--debug", str(_pid_max())], env=repo_env())
+    assert r.returncode != 0 and b"Traceback" in r.stderr and b"ProcessGone" in r.stderr
+
+
+def test_process_exiting_while_shown(monkeypatch, capsys):
+    p = subprocess.Popen(["sleep", "60"])
+    real = resolve.check_allow_list
+
+    def kill_then_check(*a, **kw):
+        p.kill()
+        p.wait()
+        return real(*a, **kw)
+    monkeypatch.setattr(resolve, "check_allow_list", kill_then_check)
+    try:
+        rc = show.main([str(p.pid)])
+    finally:
+        p.kill()
+        p.wait()
+    out, err = capsys.readouterr()
+    assert rc == 3 and out == ""
+    assert "exited while it was being shown" in err and err.count("\n") == 1
+
+
+def test_no_cgroup2(cg2root):
+    script = "mount --make-rprivate / && umount -l %s && %s -m cgnetns.cli.show --json; " \
+             "echo \"rc=$?\" >&2; exec %s -m cgnetns.cli.show --all" % (cg2root, PY, PY)
+    r = run(["unshare", "-m", "sh", "-c", script], env=repo_env())
+    d = json.loads(r.stdout)
+    assert d["verdict"] == "refuse" and d["reason_code"] == "no-cgroup2"
+    assert "mount -t cgroup2" in d["fix"]
+    err = r.stderr.decode().splitlines()
+    assert err[0] == "rc=0"
+    assert r.returncode == 125 and len(err) == 2 and "no cgroup2" in err[1], err
+
+
+# -- --all --------------------------------------------------------------------
+
+def test_all_lists_five_concurrent_builds_with_members(clean_host):
+    me = namespaces.current_identity()
+    long_name = "a-rather-long-build-name-for-col"
+    runs = []
+    try:
+        for i in range(5):
+            args = ["--name", long_name if i == 4 else "all%d" % i]
+            if i % 2 == 0:
+                args += ["--unshare-net", "--user", "nobody"]
+            cmd = "sleep 300 & sleep 300 & echo ready; wait # " + "x" * (120 if i == 4 else 1)
+            p = subprocess.Popen(CGNETNS_RUN + args + ["--", "sh", "-c", cmd], env=repo_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            runs.append(p)
+        for p in runs:
+            assert p.stdout.readline() == b"ready\n"
+        rj = run(SHOW + ["--all", "--json"], env=repo_env())
+        rh = run(SHOW + ["--all"], env=repo_env())
+    finally:
+        for p in runs:
+            p.send_signal(signal.SIGTERM)
+        rcs = [p.wait(30) for p in runs]
+    assert rcs == [128 + signal.SIGTERM] * 5
+    assert rj.returncode == 0, rj.stderr
+    builds = {b["owner_pid"]: b for b in json.loads(rj.stdout)["builds"]}
+    for i, p in enumerate(runs):
+        b = builds[p.pid]
+        assert b["name"] == (long_name if i == 4 else "all%d" % i)
+        assert b["state"] == "live" and b["pin"]["state"] == "ok" and b["pin"]["matches"]
+        assert b["approved_netns"]["ino"] == me.ino and b["approved_netns"]["nsid"] == me.nsid
+        assert b["cgroup"] == "/cgnetns/" + b["id"] and b["cgroup_exists"]
+        assert isinstance(b["age"], float) and 0 <= b["age"] < 60
+        members = b["members"]
+        assert len(members) == 3, members  # sh and two sleeps
+        assert sorted(m["command"].split()[0] for m in members) == ["sh", "sleep", "sleep"]
+        for m in members:
+            assert m["cgroup"] == b["cgroup"]
+            assert m["user"] == ("nobody" if i % 2 == 0 else "root")
+            assert m["in_approved_netns"] is (i % 2 == 1)
+            assert isinstance(m["pid"], int) and isinstance(m["netns"]["ino"], int)
+    assert rh.returncode == 0, rh.stderr
+    text = rh.stdout.decode()
+    lines = text.splitlines()
+    assert all(len(line) <= 100 for line in lines), [x for x in lines if len(x) > 100]
+    for b in (builds[p.pid] for p in runs):
+        assert b["id"] in text
+        for m in b["members"]:
+            assert any(line.split("\u2500 ")[-1].startswith("%-7d" % m["pid"]) for line in lines)
+    assert any(line.endswith("\u2026") for line in lines)  # the long command was cut
+    starred = [line for line in lines if re.search(r"net:\[\d+\]\*", line)]
+    assert len(starred) >= 6  # the members of the two builds without --unshare-net
+
+
+# -- --check ------------------------------------------------------------------
+
+def _check(prefix=""):
+    script = prefix + "exec %s -m cgnetns.cli.show --check --json" % PY
+    r = run(["unshare", "-m", "sh", "-c", "mount --make-rprivate / && " + script],
+            env=repo_env())
+    d = json.loads(r.stdout)
+    return r.returncode, {c["name"]: c for c in d["checks"]}, d
+
+
+def test_check_on_this_machine():
+    require_helper()
+    r = run(SHOW + ["--check", "--json"], env=repo_env())
+    d = json.loads(r.stdout)
+    checks = {c["name"]: c for c in d["checks"]}
+    assert r.returncode == (1 if d["failed"] else 0)
+    assert d["failed"] == sum(c["status"] == "fail" for c in d["checks"])
+    for name in ("helper", "helper-setuid", "helper-static", "allow-list", "cgroup2",
+                 "cgroup-xattrs", "systemd", "run-dir", "ns-get-id", "openat2", "so-peerpidfd",
+                 "cgroup-kill", "clone-into-cgroup", "broker", "python", "debris"):
+        assert name in checks, name
+    for c in d["checks"]:
+        assert c["status"] in ("ok", "warn", "fail")
+        assert (c["fix"] is None) == (c["status"] == "ok"), c
+    for name in ("helper", "helper-setuid", "helper-static", "cgroup2", "cgroup-xattrs",
+                 "ns-get-id", "openat2", "so-peerpidfd", "cgroup-kill", "clone-into-cgroup"):
+        assert checks[name]["status"] == "ok", checks[name]  # kernel 6.18, make install
+    assert "/sys/fs/cgroup/unified (hybrid" in checks["cgroup2"]["message"]
+    h = run(SHOW + ["--check"], env=repo_env())
+    assert h.returncode == r.returncode
+    lines = h.stdout.decode().splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    assert lines[-1].startswith("%d checks: %d failed" % (len(d["checks"]), d["failed"]))
+    assert all(re.match(r"(ok|warn|fail) +\S| {6}", line) for line in lines[:-1]), lines
+
+
+def test_check_helper_without_setuid_bit(tmp_path):
+    require_helper()
+    copy = tmp_path / "cgnetns-exec"
+    subprocess.run(["cp", HELPER, str(copy)], check=True)
+    os.chmod(copy, 0o755)
+    rc, checks, d = _check("mount --bind %s %s && " % (copy, HELPER))
+    assert rc == 1
+    c = checks["helper-setuid"]
+    assert c["status"] == "fail" and "setuid bit is not set" in c["message"]
+    assert "chmod 4755" in c["fix"]
+    assert os.stat(HELPER).st_mode & stat.S_ISUID  # the real one is untouched
+
+
+def test_check_group_writable_allow_list():
+    require_helper()
+    rc, checks, d = _check("mount -t tmpfs -o mode=755 none /etc/cgnetns && "
+                           "echo %s > /etc/cgnetns/allow && chmod 664 /etc/cgnetns/allow && "
+                           % PROBE_PROGRAM)
+    assert rc == 1
+    c = checks["allow-list"]
+    assert c["status"] == "fail" and "group or other writable" in c["message"]
+    assert "chmod 644" in c["fix"]
+    # and the same list with a safe mode is fine
+    rc, checks, d = _check("mount -t tmpfs -o mode=755 none /etc/cgnetns && "
+                           "echo %s > /etc/cgnetns/allow && chmod 644 /etc/cgnetns/allow && "
+                           % PROBE_PROGRAM)
+    assert checks["allow-list"]["status"] == "ok", checks["allow-list"]
+
+
+def test_check_library_probes():
+    # The kernel features of this machine (Linux 6.18).
+    assert show.probe_ns_get_id() and show.probe_openat2()
+    assert show.probe_so_peerpidfd() and show.probe_clone_into_cgroup()
+    assert show._elf_interp(sys.executable) is not None  # a dynamic program
