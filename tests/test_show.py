@@ -15,7 +15,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,7 +22,26 @@ from cgnetns import namespaces, resolve, tags
 from cgnetns.build import Build
 from cgnetns.cli import show
 
-from conftest import CGNETNS_RUN, PY, repo_env, run
+from conftest import CGNETNS_RUN, PY, host_state, repo_env, run
+
+
+MINE = ("show-", "all", "a-rather-long")
+
+@pytest.fixture
+def clean_host():
+    """Nothing of this file's builds is left behind (also when a test fails).
+
+    Scoped to the names this file's builds use (MINE), unlike conftest's whole-host
+    check: other suites may run builds on the same host meanwhile.
+    """
+    before = host_state()
+    yield before
+    after = host_state()
+    for key in after:
+        new = {x for x in after[key] - before[key]
+               if os.path.basename(x).startswith(MINE)}
+        assert not new, "left behind %s: %s" % (key, new)
+
 
 SHOW = [PY, "-m", "cgnetns.cli.show"]
 HELPER = "/usr/local/bin/cgnetns-exec"

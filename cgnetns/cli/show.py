@@ -148,14 +148,14 @@ def format_explanation(d, width=WIDTH):
     first = True
     for a in d["ancestors"]:
         if a["tag"] is not None:
-            tag = "tag %s" % a["tag"]
+            tag = "tagged %s" % a["tag"]
         elif a["tag_readable"]:
             tag = "no tag"
         else:
             tag = "tag unreadable (no CAP_SYS_ADMIN)"
         owner = "root" if a["owner_uid"] == 0 else "uid %d" % a["owner_uid"]
-        out.append(_fit("%-10s %-40s %-7s %s" % ("walk" if first else "", a["cgroup"], owner, tag),
-                        width))
+        out += _field("walk" if first else "", "%s: owner %s, %s" % (a["cgroup"], owner, tag),
+                      width)
         first = False
     t = d["tag"]
     if t is not None:
