@@ -184,7 +184,7 @@ def communicate(proc, timeout=600, what="command"):
 def allow_listed(paths):
     """Add PATHS (canonical) to the allow list for the duration; restore the
     file byte for byte (mode and owner too) afterwards, or remove it (and
-    /etc/cgnetns) when there was none."""
+    /etc/cgnetns) when there was none.  Paths already listed are left alone."""
     d = os.path.dirname(ALLOW_PATH)
     made_dir = not os.path.isdir(d)
     try:
@@ -198,6 +198,7 @@ def allow_listed(paths):
     add = [p for p in paths if p not in present]
     if made_dir:
         os.mkdir(d, 0o755)
+    text = None
     try:
         if add or old is None:
             text = (old or b"")
@@ -208,14 +209,32 @@ def allow_listed(paths):
             _replace(ALLOW_PATH, text, (0o644, 0, 0))
         yield
     finally:
-        if old is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ALLOW_PATH)
-            if made_dir:
-                with contextlib.suppress(OSError):
-                    os.rmdir(d)
-        elif add:
-            _replace(ALLOW_PATH, old, old_meta)
+        if text is not None:
+            _restore(old, old_meta, text, made_dir)
+        elif made_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
+def _restore(old, old_meta, ours, made_dir):
+    """Put the allow list back.  When someone else changed it meanwhile (a
+    test run beside the benchmark), take out only the lines we added."""
+    try:
+        with open(ALLOW_PATH, "rb") as f:
+            now = f.read()
+    except FileNotFoundError:
+        now = None
+    if now is not None and now != ours:
+        kept = now.replace(ours[len(old or b""):], b"") if ours.startswith(old or b"") else now
+        _replace(ALLOW_PATH, kept, old_meta or (0o644, 0, 0))
+    elif old is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ALLOW_PATH)
+        if made_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(ALLOW_PATH))
+    else:
+        _replace(ALLOW_PATH, old, old_meta)
 
 
 def _replace(path, data, meta):

@@ -1,0 +1,170 @@
+"""Part 3 (data): what a build's connection costs once it exists.
+
+A server (bench/tcpbench.c) listens on 127.0.0.1 in the parent network
+namespace.  The same client program reaches it three ways:
+
+* direct: the client runs in the parent namespace (the baseline);
+* cgnetns: the client runs in a build (cgnetns.build.Build, new netns with
+  only lo, as the build user) through ``cgnetns-exec``, which puts it in the
+  parent namespace: its socket is an ordinary socket there, so the data path
+  is the direct one (a client left in the build's own netns would find
+  nothing listening on its own loopback);
+* relay: the client runs in the same build without cgnetns and goes through
+  Portage's SOCKSv5 relay (portage.util.socks5 from the installed portage
+  package, started by bench/relay.py as Portage starts it) over its Unix
+  socket, as FEATURES=network-sandbox-proxy builds do.
+
+Latency: from before socket(2) to the first echoed byte (SOCKS handshake
+included).  Throughput: 256 MiB, from the first byte sent to the server's
+acknowledgement of the last.  Loopback only.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from cgnetns.build import Build
+
+from .common import (HELPER, READLINK, REPO, BUILD_USER, BenchError, Cleanup, Row, allow_listed,
+                     check_join, child_env, communicate, kill_wait, median, start_in_build,
+                     start_outside)
+
+PART = 3
+NAME = "data"
+NBYTES = 256 << 20
+
+
+class Relay:
+    def __init__(self, sess):
+        self.sess = sess
+        self.dir = None
+        self.manager = None
+        self.server_pid = None
+        self.socket = None
+
+    def start(self):
+        self.dir = tempfile.mkdtemp(prefix="cgnetns-bench-relay.")
+        os.chmod(self.dir, 0o755)
+        self.manager = subprocess.Popen([sys.executable, "-m", "bench.relay", self.dir],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env=child_env(), cwd=REPO, start_new_session=True)
+        line = self.manager.stdout.readline().decode().split()
+        if len(line) != 2:
+            raise BenchError("Portage's relay did not start (status %s)" % self.manager.poll())
+        self.socket, self.server_pid = line[0], int(line[1])
+        # Portage gives its build user access through the portage group; this
+        # host has no portage user, and the build runs as nobody: let it connect.
+        os.chmod(os.path.dirname(self.socket), 0o755)
+        os.chmod(self.socket, 0o666)
+
+    def stop(self):
+        if self.manager is not None:
+            try:
+                self.manager.stdin.close()
+                self.manager.wait(10)
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+            kill_wait(self.manager)
+            self.manager.stdout.close()
+        if self.server_pid is not None:
+            # proxy.stop() sends SIGTERM; make sure by PID, if it is still ours.
+            try:
+                with open("/proc/%d/cmdline" % self.server_pid, "rb") as f:
+                    if b"socks5-server" in f.read():
+                        os.kill(self.server_pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def parse(out):
+    lat, xfer = [], []
+    for line in out.decode().splitlines():
+        f = line.split()
+        if f and f[0] == "lat":
+            lat.append(int(f[1]) / 1e3)                        # microseconds
+        elif f and f[0] == "xfer":
+            xfer.append(int(f[2]) / (1 << 20) / (int(f[1]) / 1e9))  # MiB/s
+    return lat, xfer
+
+
+def run(sess):
+    lat_n = sess.pick(200, 60)
+    reps = sess.pick(3, 2)
+    rounds = sess.pick(3, 1)
+    tcp = sess.tool("tcpbench")
+    with Cleanup() as stack:
+        stack.enter_context(allow_listed([tcp, READLINK]))
+        server = subprocess.Popen([tcp, "serve"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  cwd="/", start_new_session=True)
+        stack.callback(kill_wait, server)
+        stack.callback(server.stdout.close)
+        port = server.stdout.readline().decode().strip()
+        if not port.isdigit():
+            raise BenchError("tcpbench server did not start")
+        relay = Relay(sess)
+        stack.callback(relay.stop)
+        relay.start()
+        b = Build(name="bench-data").create()
+        stack.callback(b.close)
+
+        def inside(argv):
+            return start_in_build(b.cgroup_path, argv, user=BUILD_USER)
+
+        args = [port, str(lat_n), str(NBYTES), str(reps)]
+        variants = {
+            "direct": lambda: start_outside([tcp, "client"] + args, user=BUILD_USER),
+            "relay": lambda: inside([tcp, "client", "-S", relay.socket] + args),
+        }
+        join_why = check_join(inside)
+        if join_why is None:
+            variants["cgnetns"] = lambda: inside([HELPER, tcp, "client"] + args)
+        else:
+            sess.note("data: cgnetns rows not measured: %s" % join_why)
+        got = {k: ([], []) for k in variants}
+        for r in range(rounds):
+            for name, start in variants.items():
+                sess.log("data: round %d/%d: %s" % (r + 1, rounds, name))
+                proc = start()
+                out, err = communicate(proc, what="tcpbench client (%s)" % name)
+                if proc.returncode != 0:
+                    raise BenchError("tcpbench client (%s) exit %d: %s" % (
+                        name, proc.returncode, err.decode(errors="replace").strip()[-300:]))
+                lat, xfer = parse(out)
+                got[name][0].extend(lat)
+                got[name][1].extend(xfer)
+
+    lat = {k: median(v[0]) for k, v in got.items()}
+    thr = {k: median(v[1]) for k, v in got.items()}
+    cnt = {k: (len(v[0]), len(v[1])) for k, v in got.items()}
+    d = "direct"
+    rows = [Row(PART, "connect + echo latency: direct (parent netns)", lat[d], unit="us",
+                n=cnt[d][0])]
+    if "cgnetns" in got:
+        rows.append(Row(PART, "connect + echo latency: cgnetns (socket in parent netns)",
+                        lat["cgnetns"], unit="us", n=cnt["cgnetns"][0], baseline="direct",
+                        baseline_value=lat[d], target="<= 1.05x",
+                        met=lat["cgnetns"] / lat[d] <= 1.05))
+    else:
+        rows.append(Row(PART, "connect + echo latency: cgnetns", na="n/a", target="<= 1.05x"))
+    rows += [
+        Row(PART, "connect + echo latency: Portage SOCKSv5 relay", lat["relay"], unit="us",
+            n=cnt["relay"][0], baseline="direct", baseline_value=lat[d]),
+        Row(PART, "256 MiB throughput: direct", thr[d], unit="MiB/s", n=cnt[d][1]),
+    ]
+    # Throughput ratios are time ratios (direct / this): above 1 is slower.
+    if "cgnetns" in got:
+        rows.append(Row(PART, "256 MiB throughput: cgnetns (time ratio)", thr["cgnetns"],
+                        unit="MiB/s", n=cnt["cgnetns"][1], baseline="direct",
+                        baseline_value=thr[d], ratio=thr[d] / thr["cgnetns"],
+                        target="<= 1.05x", met=thr[d] / thr["cgnetns"] <= 1.05))
+    else:
+        rows.append(Row(PART, "256 MiB throughput: cgnetns", na="n/a", target="<= 1.05x"))
+    rows.append(Row(PART, "256 MiB throughput: Portage relay (time ratio)", thr["relay"],
+                    unit="MiB/s", n=cnt["relay"][1], baseline="direct", baseline_value=thr[d],
+                    ratio=thr[d] / thr["relay"]))
+    sess.add(*rows)
