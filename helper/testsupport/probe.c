@@ -1,6 +1,6 @@
 /* probe.c: test program for tests/test_helper*.py (not installed).
  *
- *   probe report OUT [--connect=PORT] [--try-root] [ARG...]
+ *   probe report OUT [--connect=PORT] [--try-root] [--exit=N] [ARG...]
  *       Write a JSON report of this process to OUT (the report is also the
  *       marker that the probe ran): argv, environment, ids, groups,
  *       capabilities, signal state, umask, rlimits, fds, cwd, cgroup,
@@ -9,7 +9,8 @@
  *       --try-root, whether setuid(0) and friends fail.
  *
  *   probe launch OUT [--umask=OCT] [--ignore=SIG] [--block=SIG] [--nofile=N]
- *                    [--close=FD] [--argv0=S] [--empty-argv] -- CMD [ARG...]
+ *                    [--close=FD] [--argv0=S] [--empty-argv] [--add-env=RAW]
+ *                    [--core=unlimited] -- CMD [ARG...]
  *       Set up the caller's state, write the same report of itself to OUT,
  *       then exec CMD (execv, no PATH lookup): the report is what the helper
  *       was given, to compare with what its program got.
@@ -213,7 +214,9 @@ static void report(const char *path, int argc, char **argv, int argstart,
 	int *pre = dlsym(RTLD_DEFAULT, "cgnetns_test_preloaded");
 	fprintf(out, ",\n\"preloaded\": %d", pre ? *pre : 0);
 	fprintf(out, ",\n\"dumpable\": %d", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
-	fprintf(out, ",\n\"umask\": %d", (int)umask(022));
+	mode_t mask = umask(022);
+	umask(mask);
+	fprintf(out, ",\n\"umask\": %d", (int)mask);
 	if (port > 0) {
 		int sk = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
@@ -375,6 +378,8 @@ static int launch(int argc, char **argv)
 	const char *path = argv[2];
 	const char *argv0 = NULL;
 	int empty_argv = 0;
+	static char *added[64];
+	int nadded = 0;
 	int i;
 	sigset_t block;
 	sigemptyset(&block);
@@ -396,6 +401,13 @@ static int launch(int argc, char **argv)
 			argv0 = a + 8;
 		else if (strcmp(a, "--empty-argv") == 0)
 			empty_argv = 1;
+		else if (strncmp(a, "--add-env=", 10) == 0 && nadded < 63)
+			added[nadded++] = (char *)a + 10;
+		else if (strncmp(a, "--core=", 7) == 0) {
+			struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
+			if (setrlimit(RLIMIT_CORE, &rl) < 0)
+				perror("setrlimit");
+		}
 		else {
 			fprintf(stderr, "probe launch: unknown option %s\n", a);
 			return 2;
@@ -404,6 +416,16 @@ static int launch(int argc, char **argv)
 	if (i + 1 >= argc)
 		return 2;
 	sigprocmask(SIG_BLOCK, &block, NULL);
+	if (nadded) {
+		/* raw entries (duplicates, no '=') appended to the environment */
+		size_t n = 0;
+		while (environ[n])
+			n++;
+		char **env = calloc(n + (size_t)nadded + 1, sizeof *env);
+		memcpy(env, environ, n * sizeof *env);
+		memcpy(env + n, added, (size_t)nadded * sizeof *env);
+		environ = env;
+	}
 	char **cmd = argv + i + 1;
 	report(path, argc, argv, i + 2, 0, 0);
 	if (empty_argv) {
@@ -422,15 +444,17 @@ static int launch(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	if (argc >= 3 && strcmp(argv[1], "report") == 0) {
-		int port = 0, try_root = 0;
+		int port = 0, try_root = 0, status = 0;
 		for (int i = 3; i < argc; i++) {
+			if (strncmp(argv[i], "--exit=", 7) == 0)
+				status = atoi(argv[i] + 7);
 			if (strncmp(argv[i], "--connect=", 10) == 0)
 				port = atoi(argv[i] + 10);
 			else if (strcmp(argv[i], "--try-root") == 0)
 				try_root = 1;
 		}
 		report(argv[2], argc, argv, 0, port, try_root);
-		return 0;
+		return status;
 	}
 	if (argc >= 5 && strcmp(argv[1], "launch") == 0)
 		return launch(argc, argv);
