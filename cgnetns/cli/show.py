@@ -563,8 +563,8 @@ def check_broker(path=BROKER_SOCKET):
         st = os.lstat(path)
     except FileNotFoundError:
         return [Check("broker", "warn", "cgnetnsd is not running (no %s): inside Gentoo's "
-                      "sandbox (no_new_privs) cgnetns-exec cannot gain privilege and "
-                      "refuses" % path,
+                      "sandbox (no_new_privs) cgnetns-exec cannot gain privilege and has no "
+                      "broker to ask" % path,
                       "start cgnetnsd (or enable cgnetnsd.socket)")]
     except PermissionError:
         return [Check("broker", "warn", "%s cannot be examined by this user" % path)]
