@@ -360,7 +360,10 @@ def collect(*, dry_run=False, sys_cgroup=cgroups.SYS_CGROUP, run_dir=namespaces.
     except NoCgroup2Error:
         cgroup_root = None
     result = Result(dry_run)
-    lock_fd = _lock_exclusive(run_dir, lock_timeout)
+    if dry_run and not os.path.isdir(namespaces.pins_dir(run_dir)):
+        lock_fd = None  # no build can exist without it; --dry-run creates nothing
+    else:
+        lock_fd = _lock_exclusive(run_dir, lock_timeout)
     try:
         found = inventory(sys_cgroup=sys_cgroup, run_dir=run_dir, proc=proc, liveness="flock",
                           cgroup_root=cgroup_root)
@@ -377,7 +380,8 @@ def collect(*, dry_run=False, sys_cgroup=cgroups.SYS_CGROUP, run_dir=namespaces.
                 if on_action is not None:
                     on_action(a)
     finally:
-        os.close(lock_fd)
+        if lock_fd is not None:
+            os.close(lock_fd)
     return result
 
 
@@ -396,6 +400,11 @@ def _plan(f, cgroup_root, live_cgroups, run_dir, result):
             result.skipped.append({"path": rel, "why": "tagged (%s) but no record names it and "
                                    "it is outside %s: remove the tag by hand if it is debris"
                                    % (err or "unknown pin", subtree)})
+        return acts
+    if cgroup_root is None and (f.cgroup or f.tagged):
+        result.skipped.append({"path": f.record_path or namespaces.pin_path(f.id, run_dir),
+                               "why": "no cgroup2 mounted here: its cgroup %s cannot be removed"
+                               % f.cgroup})
         return acts
     # Which cgroups of this build may gc touch?
     own = f.cgroup

@@ -467,6 +467,19 @@ def _describe_process(ex, subj):
         ex.command = " ".join(a.decode(errors="replace") for a in cmdline.rstrip(b"\0").split(b"\0"))
     else:
         ex.command = "[%s]" % fields.get("Name", "?")
+    for ns, what in (("cgroup", "cgroup namespace"), ("mnt", "mount namespace")):
+        try:
+            theirs = os.stat("ns/" + ns, dir_fd=subj.fd).st_ino
+            ours = os.stat("/proc/self/ns/" + ns).st_ino
+        except OSError:
+            continue
+        if theirs != ours:
+            ex.notes.append(
+                "the process is in another %s than cgnetns-show: this is the decision as seen "
+                "from here (as cgnetnsd sees its peers); cgnetns-exec started by it reads its own "
+                "view%s" % (what, " and may refuse (process not in its cgroup)" if ns == "cgroup"
+                            else " of /run/cgnetns, /etc/cgnetns/allow and cgroup2 (to see it: "
+                            "nsenter -t %d -m cgnetns-show %d)" % (ex.pid, ex.pid)))
     try:
         fd = os.open("ns/net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=subj.fd)
     except (FileNotFoundError, ProcessLookupError):
