@@ -9,6 +9,7 @@ unsafe, or the global lock stayed busy).
 
 import argparse
 import json
+import os
 import sys
 
 from .. import __version__
@@ -48,12 +49,17 @@ def run(argv):
     def report(action):
         if args.json:
             return
-        if action.error:
-            sys.stderr.write("%s: cannot %s: %s\n"
-                             % (PROG, action.describe(True)[len("would "):], action.error))
-        else:
-            sys.stdout.write(action.describe(args.dry_run) + "\n")
-        sys.stdout.flush()
+        try:
+            if action.error:
+                sys.stderr.write("%s: cannot %s: %s\n"
+                                 % (PROG, action.describe(True)[len("would "):], action.error))
+            else:
+                sys.stdout.write(action.describe(args.dry_run) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (| head): finish the work, stop printing.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
 
     result = collect(dry_run=args.dry_run, on_action=report)
     if args.json:

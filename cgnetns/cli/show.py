@@ -696,11 +696,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         return run_main(PROG, run, argv, debug="--debug" in argv)
-    except BrokenPipeError:  # e.g. | head
-        try:
-            sys.stdout = None
-        except Exception:
-            pass
+    except BrokenPipeError:  # e.g. | head: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
         return 0
 
 
