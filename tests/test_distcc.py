@@ -44,6 +44,7 @@ What this machine cannot do, and what the tests do instead:
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -280,7 +281,8 @@ def test_distcc_pump_mode_every_object_remote(helper, allowed, work):
     pump = shutil.which("distcc-pump", path=SYSTEM_PATH) or shutil.which("pump", path=SYSTEM_PATH)
     assert pump, "distcc-pump not installed (Debian package distcc-pump)"
     with Topology() as topo:
-        env = build_env(topo, work, "pump", PYTHONPATH=fix)
+        env = build_env(topo, work, "pump")
+        env["PYTHONPATH"] = fix + os.pathsep + env["PYTHONPATH"]
         r = sandboxed(f"{pump} make -j4 CC='{helper} distcc gcc' && "
                       + probes(topo.remote_addr, DISTCC_PORT), work, env)
         assert r.returncode == 0, r.stdout
@@ -421,3 +423,27 @@ def test_portage_features_cgroup_nests_in_build_cgroup_distcc_resolves(helper, a
         assert_all_remote(topo, work, objs, r.stdout)
         assert not info["left"]
     assert_no_network(work, topo.remote_addr)
+
+
+# -- make demo ----------------------------------------------------------------------
+
+def test_demo_end_to_end(helper, allowed):
+    """python3 -m cgnetns.demo, as `make demo` runs it (the installed commands)."""
+    r = subprocess.run([PY, "-m", "cgnetns.demo"], env=repo_env(), capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Demo passed" in r.stdout
+    assert "all 9 objects were compiled on the remote host" in r.stdout
+    assert "ip -o link inside the build: lo\n" in r.stdout
+    assert "Network is unreachable" in r.stdout
+    netns = re.search(r"\(namespace (cgnetns-remote-[0-9a-f]+)\)", r.stdout).group(1)
+    assert not os.path.exists(os.path.join("/run/netns", netns))
+
+
+def test_demo_failure_is_one_line_without_traceback(monkeypatch, capsys):
+    from cgnetns import demo
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    assert demo.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("demo: FAILED: ") and err.count("\n") == 1
+    assert "Traceback" not in err
