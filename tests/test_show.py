@@ -502,6 +502,12 @@ def test_check_group_writable_allow_list():
                            "echo %s > /etc/cgnetns/allow && chmod 644 /etc/cgnetns/allow && "
                            % PROBE_PROGRAM)
     assert checks["allow-list"]["status"] == "ok", checks["allow-list"]
+    # a general-purpose launcher on the list is worth a warning
+    rc, checks, d = _check("mount -t tmpfs -o mode=755 none /etc/cgnetns && "
+                           "printf '/usr/bin/env\\n' > /etc/cgnetns/allow && "
+                           "chmod 644 /etc/cgnetns/allow && ")
+    c = checks["allow-list-program"]
+    assert c["status"] == "warn" and "/usr/bin/env runs whatever" in c["message"]
 
 
 def test_check_library_probes():

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -32,6 +33,10 @@ from . import run_main
 PROG = "cgnetns-show"
 WIDTH = 100
 HELPER = "/usr/local/bin/cgnetns-exec"
+# Allow-listed, these run any program with the network (THREATS.md, "the boundary").
+LAUNCHERS = frozenset("""env sh bash dash zsh ksh mksh csh tcsh fish busybox toybox nice nohup
+    setsid timeout xargs find sudo su doas runuser setpriv chroot nsenter unshare stdbuf
+    ionice chrt taskset flock script expect make ssh""".split())
 BROKER_SOCKET = "/run/cgnetns/cgnetnsd.sock"
 
 
@@ -379,6 +384,12 @@ def check_allow_list(path=resolve.ALLOW_LIST):
                                          (": " + ", ".join(progs)) if progs else
                                          " (cgnetns-exec allows nothing)"),
                  None if progs else "add the programs, e.g. `command -v distcc`, to %s" % path)]
+    for prog in progs:
+        base = os.path.basename(prog)
+        if base in LAUNCHERS or re.match(r"(python|perl|ruby|lua|tclsh|php)[0-9.]*\Z", base):
+            out.append(Check("allow-list-program", "warn", "%s runs whatever it is told to: "
+                             "every build can reach the network through it" % prog,
+                             "remove it from %s unless every build may use the network" % path))
     for bad in al["bad_programs"]:
         out.append(Check("allow-list-program", "warn", "%s: cgnetns-exec will not run it: %s"
                          % (bad["path"], bad["problem"]),
@@ -638,12 +649,12 @@ def format_checks(checks, width=WIDTH):
     out = []
     for c in checks:
         lines = textwrap.wrap("%-18s %s" % (c.name, c.message), width=width - 6,
-                              subsequent_indent=" " * 19) or [""]
+                              subsequent_indent=" " * 19, break_on_hyphens=False) or [""]
         out.append("%-5s %s" % (c.status, lines[0]))
         out += ["      " + x for x in lines[1:]]
         if c.fix:
             out += textwrap.wrap("fix: " + c.fix, width=width, initial_indent=" " * 25,
-                                 subsequent_indent=" " * 30)
+                                 subsequent_indent=" " * 30, break_on_hyphens=False)
     fails = sum(c.status == "fail" for c in checks)
     warns = sum(c.status == "warn" for c in checks)
     out.append("%d checks: %d failed, %d warnings" % (len(checks), fails, warns))
