@@ -47,11 +47,11 @@ SHOW = [PY, "-m", "cgnetns.cli.show"]
 HELPER = "/usr/local/bin/cgnetns-exec"
 PROBE_PROGRAM = "/usr/bin/stat"
 
-# Inside a private mount namespace: our own allow list (mode $1), then become
+# Inside a private mount namespace: a set-up step ($2), our own allow list (mode $1), then become
 # nobody, say "ready", wait, and exec the helper on a program that prints the
 # identity of the network namespace it runs in.
 PROBE = (
-    "mount -t tmpfs -o mode=755,size=64k cgnetns-test /etc/cgnetns && "
+    "eval \"$2\" && mount -t tmpfs -o mode=755,size=64k cgnetns-test /etc/cgnetns && "
     "printf '%%s\\n' %s > /etc/cgnetns/allow && chmod \"$1\" /etc/cgnetns/allow && "
     "exec setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c "
     "'echo ready; read go; exec %s %s -L -c \"%%d %%i\" /proc/self/ns/net'"
@@ -66,6 +66,7 @@ HELPER_SAYS = {
     "tag-format": r"malformed tag on cgroup \S+|tag of cgroup \S+ is longer",
     "tag-owner": r"tagged cgroup \S+ is not owned by root",
     "allow-list-unsafe": r"unsafe allow list|allow list \S+, line \d+",
+    "no-cgroup2": r"cgroup2 is mounted neither at",
 }
 
 
@@ -81,8 +82,8 @@ def require_helper():
 class Probe:
     """A process that shows itself to cgnetns-show, then execs cgnetns-exec."""
 
-    def __init__(self, build=None, unshare_net=True, allow_mode="644"):
-        argv = ["unshare", "-m", "sh", "-c", PROBE, "probe", allow_mode]
+    def __init__(self, build=None, unshare_net=True, allow_mode="644", setup=":"):
+        argv = ["unshare", "-m", "sh", "-c", PROBE, "probe", allow_mode, setup]
         kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if build is not None:
             self.proc = build.spawn(argv, unshare_net=unshare_net, **kw)
@@ -258,6 +259,17 @@ def test_unsafe_allow_list_is_refused_by_both(clean_host):
             p.close()
     assert d["reason_code"] == "allow-list-unsafe" and d["allow_list"]["state"] == "unsafe"
     assert "would be join" in " ".join(d["notes"])
+
+
+def test_no_cgroup2_is_refused_by_both(clean_host, cg2root):
+    require_helper()
+    with Build(name="show-nocg2") as b:
+        p = Probe(b, unshare_net=True, setup="umount -l %s" % cg2root)
+        try:
+            d, rc, out, err = compare(p)
+        finally:
+            p.close()
+    assert d["reason_code"] == "no-cgroup2" and d["cgroup_root"] is None
 
 
 # -- human output ---------------------------------------------------------
