@@ -8,6 +8,13 @@ bashrc.  Every phase function records its PATH and what ``gcc`` resolves to;
 after every phase the test reads the environment Portage saved in
 ${T}/environment, which the next phase loads.
 
+The last test runs the same phases inside ``cgnetns-run`` with the installed
+masquerade directory, FEATURES=network-sandbox (Portage's default) and a
+remote distccd from the test topology: plain ``gcc`` in src_compile compiles
+on the remote host while the phase itself has no network.  The phases run as
+root there (the playground's "portage" user is the caller); the uid drop of
+userpriv is covered by tests/test_distcc.py through portage.process.spawn.
+
 Two things of the playground are adapted to this (non-Gentoo) host, neither of
 which touches the code under test: a ``gtar`` symlink to tar on PATH (the
 playground insists on that name), and GPG unlock disabled (the PyPI wheel
@@ -49,7 +56,8 @@ HARNESS = textwrap.dedent('''\
     body = ["S=${WORKDIR}"]
     for f in funcs:
         d = "default; " if f == "src_prepare" else ""
-        body.append(f'{f}() {{ {d}echo "{f} $(type -P gcc) ${{PATH}}" >> {out}; }}')
+        extra = cfg.get("compile_body", "") if f == "src_compile" else ""
+        body.append(f'{f}() {{ {d}echo "{f} $(type -P gcc) ${{PATH}}" >> {out}; {extra} }}')
     cpv = "dev-util/cgnetns-probe-1"
     pg = ResolverPlayground(ebuilds={cpv: {"EAPI": "8", "MISC_CONTENT": "\\n".join(body) + "\\n"}},
                             user_config={"make.conf": tuple(cfg["make_conf"])})
@@ -96,12 +104,14 @@ def tmp():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def run_phases(tmp, bashrc, make_conf=(), features=()):
-    masq = os.path.join(tmp, "masq")
-    os.makedirs(masq, exist_ok=True)
-    with open(os.path.join(masq, "gcc"), "w") as f:
-        f.write("#!/bin/sh\nexit 99\n")
-    os.chmod(os.path.join(masq, "gcc"), 0o755)
+def run_phases(tmp, bashrc, make_conf=(), features=(), masq=None, compile_body="",
+               wrap=(), extra_path=""):
+    if masq is None:
+        masq = os.path.join(tmp, "masq")
+        os.makedirs(masq, exist_ok=True)
+        with open(os.path.join(masq, "gcc"), "w") as f:
+            f.write("#!/bin/sh\nexit 99\n")
+        os.chmod(os.path.join(masq, "gcc"), 0o755)
     tools = os.path.join(tmp, "tools")
     os.makedirs(tools, exist_ok=True)
     if not os.path.exists(os.path.join(tools, "gtar")):
@@ -116,11 +126,14 @@ def run_phases(tmp, bashrc, make_conf=(), features=()):
         f.write(HARNESS)
     cfg = {"out": out, "bashrc": bashrc.replace("@MASQ@", masq),
            "make_conf": [f'CGNETNS_MASQ_DIR="{masq}"', *make_conf],
-           "features": ["test", *features]}  # FEATURES=test: src_test runs
-    env = {"PATH": tools + ":/usr/sbin:/usr/bin:/sbin:/bin", "HOME": tmp, "LANG": "C.UTF-8",
-           "PORTAGE_GNUPGHOME": gpg, "TMPDIR": tmp}
-    r = subprocess.run([sys.executable, harness, json.dumps(cfg)], env=env, cwd=tmp,
-                       capture_output=True, text=True, timeout=120)
+           "features": ["test", *features],  # FEATURES=test: src_test runs
+           "compile_body": compile_body}
+    env = {"PATH": tools + extra_path + ":/usr/sbin:/usr/bin:/sbin:/bin", "HOME": tmp,
+           "LANG": "C.UTF-8", "PORTAGE_GNUPGHOME": gpg, "TMPDIR": tmp}
+    if wrap:
+        env["PYTHONPATH"] = REPO
+    r = subprocess.run([*wrap, sys.executable, harness, json.dumps(cfg)], env=env, cwd=tmp,
+                       capture_output=True, text=True, timeout=180)
     lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
@@ -188,3 +201,43 @@ def test_control_a_plain_path_change_outlives_its_phase(tmp):
     assert seen["src_compile"]["path"][0] == masq
     assert masq in seen["pkg_postinst"]["path"]
     assert masq in result["install"]["saved_path"].split(":")
+
+
+def test_real_phases_under_cgnetns_run_compile_on_remote_distccd(tmp):
+    """The whole path a Portage user gets: emerge's phases (Portage's ebuild.sh,
+    FEATURES=network-sandbox) inside cgnetns-run, the snippet in bashrc, the
+    installed masquerade directory, distcc to a remote distccd.  src_compile
+    calls plain gcc; every object is compiled remotely, and the phase itself
+    has only lo and cannot connect to the server."""
+    from cgnetns.topology import Topology, DISTCC_PORT
+    masq = "/usr/local/lib/cgnetns/masq"
+    if not os.path.isfile(os.path.join(masq, "gcc")):
+        pytest.fail("the masquerade directory is not installed: run 'make install' first")
+    with open("/etc/cgnetns/allow") as f:
+        if "/usr/bin/distcc" not in {l.split("#")[0].strip() for l in f}:
+            pytest.fail("/usr/bin/distcc is not in /etc/cgnetns/allow (make install adds it "
+                        "when distcc is installed)")
+    distcc_dir = os.path.join(tmp, "distcc")
+    os.makedirs(distcc_dir, mode=0o777)
+    os.chmod(distcc_dir, 0o777)
+    n = 6
+    with Topology() as topo:
+        body = (f'local i; for i in $(seq {n}); do '
+                f'echo "int f$i(void) {{ return $i; }}" > o$i.c; gcc -O2 -c o$i.c -o o$i.o || die; done; '
+                f'ip -o link > {tmp}/links.txt; '
+                f'bash -c "exec 3<>/dev/tcp/{topo.remote_addr}/{DISTCC_PORT}" 2> {tmp}/connect.txt '
+                f'&& echo CONNECTED >> {tmp}/connect.txt; true;')
+        make_conf = [f'DISTCC_HOSTS="{topo.distcc_hosts}"', 'DISTCC_FALLBACK="0"',
+                     'DISTCC_SKIP_LOCAL_RETRY="1"', f'DISTCC_DIR="{distcc_dir}"']
+        from conftest import CGNETNS_RUN
+        masq_, seen, result = run_phases(
+            tmp, SOURCE, make_conf=make_conf, masq=masq, compile_body=body,
+            wrap=[*CGNETNS_RUN, "--name", "portage-bashrc", "--"],
+            extra_path=":/usr/local/bin")
+        assert topo.count_compile_ok() == n, topo.log_text()[-2000:]
+    assert seen["src_compile"]["gcc"] == os.path.join(masq, "gcc")
+    with open(os.path.join(tmp, "links.txt")) as f:
+        assert [l.split(":")[1].strip() for l in f if l.strip()] == ["lo"]
+    with open(os.path.join(tmp, "connect.txt")) as f:
+        connect = f.read()
+    assert "CONNECTED" not in connect and "unreachable" in connect, connect
