@@ -312,7 +312,10 @@ class Topology:
                 self._start_icecc()
             self._wait_ready()
         except BaseException:
-            self.stop()
+            try:
+                self.stop()
+            except TopologyError:
+                pass  # the start-up failure is the error to report
             raise
 
     def _need(self, flag, what):
