@@ -68,6 +68,7 @@ REASONS = {
     "pin-not-net": ("refuse", "pin"),
     "pin-mismatch": ("refuse", "pin"),
     "allow-list-unsafe": ("refuse", "allow-list"),
+    "allow-list-missing": ("refuse", "allow-list"),
     # unknown: this process may not read what decides it
     "tags-unreadable": ("unknown", "privilege"),
     "netns-unreadable": ("unknown", "privilege"),
@@ -216,9 +217,8 @@ def canonical_path(p):
 def check_allow_list(path=ALLOW_LIST):
     """The allow list as cgnetns-exec sees it.
 
-    Returns a dict: ``path``; ``state`` — ``ok``, ``missing`` (no program is
-    allowed: every call exits 126), ``unsafe`` (cgnetns-exec refuses every
-    call: 125), ``unreadable`` (to this process; the helper reads it as
+    Returns a dict: ``path``; ``state`` — ``ok``, ``missing`` or ``unsafe``
+    (cgnetns-exec refuses every call: 125), ``unreadable`` (to this process; the helper reads it as
     root); ``problem`` (words, or None); ``programs`` (the entries, or None
     when unreadable); ``bad_programs`` (entries that cgnetns-exec would not
     run, each ``{"path", "problem"}``).
@@ -227,7 +227,8 @@ def check_allow_list(path=ALLOW_LIST):
     try:
         os.lstat(path)
     except FileNotFoundError:
-        out.update(state="missing", problem="%s does not exist: no program is allowed" % path)
+        out.update(state="missing", problem="%s does not exist: cgnetns-exec refuses every "
+                   "call" % path)
         return out
     except PermissionError:
         out.update(state="unreadable", problem="%s cannot be examined by this user" % path)
@@ -433,15 +434,22 @@ def explain(pid=None, *, proc="/proc", sys_cgroup=cgroups.SYS_CGROUP,
             _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders)
         except _Verdict as r:
             ex.decide(r.code, r.reason, r.fix)
-        # The helper refuses every call when its policy file is unsafe.
-        if ex.allow_list["state"] == "unsafe" and ex.verdict != "refuse":
+        # cgnetns-exec reads its allow list first and refuses every call when
+        # the file is unsafe or missing (helper/allow.c).
+        state = ex.allow_list["state"]
+        if state in ("unsafe", "missing") and ex.verdict != "refuse":
             ex.notes.append("without the allow-list problem the verdict would be %s (%s)"
                             % (ex.verdict, ex.reason))
-            ex.decide("allow-list-unsafe",
-                      "the allow list is unsafe: %s; cgnetns-exec refuses every call"
-                      % ex.allow_list["problem"],
-                      "chown root:root %s && chmod 644 %s (and the directories above it)"
-                      % (allow_list, allow_list))
+            if state == "unsafe":
+                ex.decide("allow-list-unsafe",
+                          "the allow list is unsafe: %s; cgnetns-exec refuses every call"
+                          % ex.allow_list["problem"],
+                          "chown root:root %s && chmod 644 %s (and the directories above it)"
+                          % (allow_list, allow_list))
+            else:
+                ex.decide("allow-list-missing", ex.allow_list["problem"],
+                          "list the allowed programs in %s (one absolute path a line)"
+                          % allow_list)
         if not subj.alive():
             raise _gone(pid, during=True)
     finally:
@@ -456,7 +464,8 @@ def _describe_process(ex, subj):
         k, _, v = line.partition(":")
         fields[k] = v.strip()
     if fields.get("State", "").startswith(("Z", "X")):
-        raise _gone(ex.pid, during=False)
+        raise ProcessGone("process %d has exited (a zombie its parent has not reaped)" % ex.pid,
+                          "show a process that is still running")
     ex.tgid = int(fields.get("Tgid", ex.pid))
     ex.uid = int(fields["Uid"].split()[0])
     ex.user = _user_name(ex.uid)

@@ -65,7 +65,8 @@ HELPER_SAYS = {
     "tag-version": r"tag of cgroup \S+ has an unsupported format version",
     "tag-format": r"malformed tag on cgroup \S+|tag of cgroup \S+ is longer",
     "tag-owner": r"tagged cgroup \S+ is not owned by root",
-    "allow-list-unsafe": r"unsafe allow list|allow list \S+, line \d+",
+    "allow-list-unsafe": r"unsafe allow list|allow list \S+, line \d+|larger than",
+    "allow-list-missing": r"allow list \S+: cannot open",
     "no-cgroup2": r"cgroup2 is mounted neither at",
 }
 
@@ -270,6 +271,19 @@ def test_no_cgroup2_is_refused_by_both(clean_host, cg2root):
         finally:
             p.close()
     assert d["reason_code"] == "no-cgroup2" and d["cgroup_root"] is None
+
+
+def test_missing_allow_list_is_refused_by_both(clean_host):
+    require_helper()
+    with Build(name="show-noallow") as b:
+        p = Probe(b, unshare_net=True)
+        try:
+            subprocess.run(["nsenter", "-t", str(p.pid), "-m", "rm", "/etc/cgnetns/allow"],
+                           check=True)
+            d, rc, out, err = compare(p)
+        finally:
+            p.close()
+    assert d["reason_code"] == "allow-list-missing" and d["allow_list"]["state"] == "missing"
 
 
 # -- human output ---------------------------------------------------------

@@ -373,7 +373,7 @@ def check_allow_list(path=resolve.ALLOW_LIST):
         return [Check("allow-list", "fail", "%s: cgnetns-exec refuses every call" % al["problem"],
                       fix)]
     if al["state"] == "missing":
-        return [Check("allow-list", "warn", al["problem"],
+        return [Check("allow-list", "fail", al["problem"],
                       "list the programs (one absolute path a line) in %s, e.g. "
                       "`command -v distcc`; make install creates it" % path)]
     if al["state"] == "unreadable":
