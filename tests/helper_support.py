@@ -536,7 +536,8 @@ class HelperEnv:
     # -- running ----------------------------------------------------------
     def run(self, argv, cgroup=None, netns=None, user=NOBODY, groups=(),
             nnp=False, unshare=(), env=None, pass_fds=(), cwd=None, timeout=60,
-            stdin=subprocess.DEVNULL, pre=()):
+            stdin=subprocess.DEVNULL, pre=(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE):
         """Run argv as the attacker: placed in `cgroup` (by root, as cgnetns-run
         would), then in network namespace `netns` (a path), then `unshare`
         (e.g. ["-C"] as root), then as `user` with `groups` (setpriv), with
@@ -558,7 +559,7 @@ class HelperEnv:
                    cgroup] + cmd
         if env is None:
             env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-        r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        r = subprocess.run(cmd, env=env, stdout=stdout, stderr=stderr,
                            stdin=stdin, pass_fds=pass_fds, cwd=cwd or self.out,
                            timeout=timeout)
         assert r.returncode != 99, "could not enter cgroup %s: %r" % (cgroup, r.stderr)
@@ -690,11 +691,14 @@ def assert_joined(report, ns_identity_, token):
     assert report["connect"] == {"token": token}
 
 
-def assert_not_joined(report, private_ns, private_token=None):
-    """Ran, but unchanged: in its own (private) namespace, unprivileged."""
+def assert_not_joined(report, private_ns, private_token=None, unprivileged=True):
+    """Ran, but unchanged: in its own (private) namespace, unprivileged
+    (unprivileged=False: in the caller's own user namespace, whose
+    capabilities are its own)."""
     assert report is not None, "the program did not run"
     assert (report["netns"]["dev"], report["netns"]["ino"]) == tuple(private_ns.identity[:2])
     if private_token is not None and "connect" in report:
         assert report["connect"] == {"token": private_token}
-    assert report["status"]["CapEff"] == "0000000000000000"
-    assert report["status"]["CapPrm"] == "0000000000000000"
+    if unprivileged:
+        assert report["status"]["CapEff"] == "0000000000000000"
+        assert report["status"]["CapPrm"] == "0000000000000000"
