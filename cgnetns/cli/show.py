@@ -276,6 +276,7 @@ def _cgroup_tree(cg, by_cg, prefix, width, chars):
 class Check:
     def __init__(self, name, status, message, fix=None):
         assert status in ("ok", "warn", "fail")
+        assert (fix is None) == (status == "ok"), (name, status, fix)
         self.name, self.status, self.message, self.fix = name, status, message, fix
 
     def to_dict(self):
@@ -408,20 +409,19 @@ def check_cgroups(sys_cgroup=cgroups.SYS_CGROUP, proc="/proc",
                       "and cgnetns-run cannot run", e.hint)]
     layout = "unified" if root == sys_cgroup else "hybrid"
     out.append(Check("cgroup2", "ok", "cgroup2 mounted at %s (%s layout)" % (root, layout)))
-    for name, critical in (("trusted.cgnetns-check", True), ("user.cgnetns-check", False)):
-        try:
-            os.getxattr(root, name)
-            supported = True
-        except OSError as e:
-            supported = e.errno != errno.EOPNOTSUPP
-        if name.startswith("trusted"):
-            if supported:
-                out.append(Check("cgroup-xattrs", "ok", "cgroupfs supports trusted.* attributes "
-                                 "(the tag)"))
-            else:
-                out.append(Check("cgroup-xattrs", "fail", "cgroupfs does not support trusted.* "
-                                 "attributes: no build can be tagged",
-                                 "use a kernel whose kernfs supports xattrs (Linux 3.x or newer)"))
+    # A read probe changes nothing: kernfs answers ENODATA for a missing
+    # attribute of a namespace it supports, EOPNOTSUPP otherwise.
+    try:
+        os.getxattr(root, "trusted.cgnetns-check")
+        supported = True
+    except OSError as e:
+        supported = e.errno != errno.EOPNOTSUPP
+    if supported:
+        out.append(Check("cgroup-xattrs", "ok", "cgroupfs supports trusted.* attributes (the tag)"))
+    else:
+        out.append(Check("cgroup-xattrs", "fail", "cgroupfs does not support trusted.* "
+                         "attributes: no build can be tagged",
+                         "use a kernel whose kernfs supports xattrs (Linux 3.x or newer)"))
     if cgroups.systemd_manages_cgroups(systemd_rundir):
         try:
             parent = cgroups.choose_parent(root, proc=proc, systemd_rundir=systemd_rundir)
@@ -450,7 +450,8 @@ def check_run_dir(run_dir=namespaces.RUN_DIR):
                              % path))
             break
         except PermissionError:
-            out.append(Check("run-dir", "warn", "%s cannot be examined by this user" % path))
+            out.append(Check("run-dir", "warn", "%s cannot be examined by this user" % path,
+                             "run cgnetns-show --check as root"))
             break
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
             out.append(Check("run-dir", "fail", "%s is not a root-owned directory without "
@@ -578,7 +579,8 @@ def check_broker(path=BROKER_SOCKET):
                       "broker to ask" % path,
                       "start cgnetnsd (or enable cgnetnsd.socket)")]
     except PermissionError:
-        return [Check("broker", "warn", "%s cannot be examined by this user" % path)]
+        return [Check("broker", "warn", "%s cannot be examined by this user" % path,
+                      "run cgnetns-show --check as root")]
     if not stat.S_ISSOCK(st.st_mode):
         return [Check("broker", "fail", "%s is not a socket" % path,
                       "remove it and restart cgnetnsd")]
@@ -641,7 +643,7 @@ def host_checks(*, helper=None, allow_list=resolve.ALLOW_LIST, sys_cgroup=cgroup
     try:
         checks += check_debris(run_dir, proc)
     except CgnetnsError as e:
-        checks.append(Check("debris", "warn", e.message, e.hint))
+        checks.append(Check("debris", "warn", e.message, e.hint or "run cgnetns-gc --dry-run"))
     return checks
 
 
