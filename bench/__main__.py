@@ -17,8 +17,8 @@ import signal
 import sys
 import time
 
-from .common import (BenchError, Cleanup, Row, Session, busy_processes, machine_load,
-                     render_rst, render_text)
+from .common import (BenchError, Cleanup, Row, Session, busy_processes, cpu_seconds,
+                     machine_load, render_rst, render_text)
 
 PARTS = [("helper", "percall"), ("scale", "scale"), ("data", "datapath"),
          ("distcc", "endtoend"), ("setup", "setupcost")]
@@ -28,7 +28,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def header(sess, started, load0, busy0, elapsed):
+def wait_idle(sess, seconds):
+    """Wait until no other process keeps a CPU busy, at most SECONDS."""
+    deadline = time.monotonic() + seconds
+    while True:
+        busy = busy_processes(interval=1.0)
+        if not busy or time.monotonic() > deadline:
+            return busy
+        sess.log("waiting for the machine to be idle: %s" % ", ".join(busy))
+
+
+def header(sess, started, load0, busy0, elapsed, cpu0):
     lines = [
         "cgnetns benchmarks (%s%s): %s, %d CPUs, Linux %s, Python %s" % (
             "quick" if sess.quick else "full", "" if sess.only is None else
@@ -38,8 +48,14 @@ def header(sess, started, load0, busy0, elapsed):
         "load average at start %s, at end %s; run took %.0f s" % (
             load0, machine_load(), elapsed),
     ]
-    if busy0:
-        lines.append("busy at start (results may be noisy): " + ", ".join(busy0))
+    cpu1 = cpu_seconds()
+    others = ((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / max(elapsed, 1e-9)
+    lines.append("CPU used by other processes during the run: %.2f of %d CPUs%s" % (
+        max(others, 0.0), os.cpu_count(), " (figures may be noisy)" if others > 0.15 else ""))
+    busy = sorted(set(busy0) | set(sess.busy))
+    if busy:
+        lines.append("other busy processes seen during the run (figures may be noisy): "
+                     + ", ".join(busy))
     return "\n".join(lines)
 
 
@@ -53,6 +69,8 @@ def main(argv=None):
     p.add_argument("--rst", action="store_true",
                    help="also print the table as reStructuredText (for README.rst)")
     p.add_argument("--json", metavar="FILE", help="write every row as JSON to FILE")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to SECONDS for other processes to stop using CPU")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         sys.stderr.write("bench: needs root (it makes cgroups, namespaces and mounts)\n")
@@ -66,11 +84,13 @@ def main(argv=None):
 
     sess = Session(quick=args.quick)
     sess.only = args.part
+    busy0 = wait_idle(sess, args.wait_idle) if args.wait_idle else busy_processes()
     started = time.time()
     load0 = machine_load()
-    busy0 = busy_processes()
+    cpu0 = cpu_seconds()
     if busy0:
         sess.log("other processes are busy: %s (figures may be noisy)" % ", ".join(busy0))
+    busy0 = [b.split("[")[0] for b in busy0]
     failed = interrupted = False
     try:
         with Cleanup() as stack:
@@ -89,11 +109,12 @@ def main(argv=None):
                     sess.note("part %s: %s" % (name, e))
                     sess.log("part %s failed: %s" % (name, e))
                 sess.log("part %d (%s) done in %.0f s" % (mod.PART, name, time.monotonic() - t0))
+                sess.busy += [b.split("[")[0] for b in busy_processes()]
     except KeyboardInterrupt:
         interrupted = True
         sess.log("interrupted: cleaned up; rows so far follow")
 
-    print(header(sess, started, load0, busy0, time.time() - started))
+    print(header(sess, started, load0, busy0, time.time() - started, cpu0))
     print()
     print(render_text(sess.rows))
     if sess.notes:

@@ -263,6 +263,7 @@ class Session:
         self.tooldir = None
         self.only = None
         self.raw = {}          # part -> extra figures, for --json
+        self.busy = []         # names of other processes seen busy between parts
         self.nobody = pwd.getpwnam(BUILD_USER)
 
     def log(self, msg):
@@ -347,29 +348,34 @@ def start_in_build(cgroup_path, argv, user=None, unshare_net=True, env=None, **k
 def loop(sess, start, argv, n, warm=3, nnp=False, what=None, expect_status=0):
     """Run ARGV N times inside one spawnloop process started by START(argv).
 
-    Returns a list of (seconds, wait status, ru_maxrss KiB) per call.  Every
-    call must end with EXPECT_STATUS, else BenchError with the child's stderr.
+    ARGV may also be a list of commands: they are called in turn, N calls
+    each, and a list of sample lists (one per command) is returned.
+    A sample is (seconds, wait status, ru_maxrss KiB).  Every call must end
+    with EXPECT_STATUS, else BenchError with the child's stderr.
     """
-    cmd = [sess.tool("spawnloop"), "-n", str(n), "-w", str(warm)]
+    cmds = argv if isinstance(argv[0], (list, tuple)) else [argv]
+    cmd = [sess.tool("spawnloop"), "-n", str(n), "-w", str(warm), "--"]
+    for k, c in enumerate(cmds):
+        cmd += ([":::"] if k else []) + list(c)
     if nnp:
         cmd = ["/usr/bin/setpriv", "--no-new-privs"] + cmd
-    proc = start(cmd + ["--"] + list(argv))
-    out, err = communicate(proc, what=what or argv[0])
+    what = what or " ".join(cmds[0])
+    proc = start(cmd)
+    out, err = communicate(proc, what=what)
+    errtext = err.decode(errors="replace").strip()[-300:]
     if proc.returncode != 0:
-        raise BenchError("%s: spawnloop exit %d: %s" % (what or " ".join(argv), proc.returncode,
-                                                         err.decode(errors="replace").strip()[-300:]))
-    samples = []
+        raise BenchError("%s: spawnloop exit %d: %s" % (what, proc.returncode, errtext))
+    samples = [[] for _ in cmds]
     for line in out.decode().split("\n"):
         if line.strip():
-            ns, status, rss = line.split()
-            samples.append((int(ns) / 1e9, int(status), int(rss)))
-    bad = [s for s in samples if os.waitstatus_to_exitcode(s[1]) != expect_status]
-    if bad or len(samples) != n:
-        raise BenchError("%s: %d of %d calls ended with status %s (expected %d): %s" % (
-            what or " ".join(argv), len(bad), n,
-            sorted({os.waitstatus_to_exitcode(s[1]) for s in bad}), expect_status,
-            err.decode(errors="replace").strip()[-300:]))
-    return samples
+            ns, status, kib, idx = line.split()
+            samples[int(idx)].append((int(ns) / 1e9, int(status), int(kib)))
+    for k, got in enumerate(samples):
+        bad = {os.waitstatus_to_exitcode(s[1]) for s in got} - {expect_status}
+        if bad or len(got) != n:
+            raise BenchError("%s: %s: %d calls, exit statuses %s (expected %d): %s" % (
+                what, " ".join(cmds[k]), len(got), sorted(bad), expect_status, errtext))
+    return samples if cmds is argv else samples[0]
 
 
 def peak_rss(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=None):
@@ -396,14 +402,20 @@ def peak_rss(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=None
     return median(vals)
 
 
-def interleaved(sess, variants, n, rounds, warm=3):
-    """Run each variant (name -> (start, argv, kwargs)) ROUNDS times N calls,
-    round-robin, so that drift on the machine touches all alike.
-    Returns name -> list of samples."""
-    got = {name: [] for name in variants}
+def interleaved(sess, places, n, rounds, warm=3):
+    """Measure in several places, round-robin, ROUNDS times N calls each.
+
+    PLACES: name -> (start, [command, ...], loop keyword arguments).  In each
+    place the commands alternate call by call (spawnloop ":::"), so that
+    comparisons within a place see the same machine; the rounds spread the
+    places over the same stretch of time.  Returns name -> [samples per
+    command].
+    """
+    got = {name: [[] for _ in cmds] for name, (_, cmds, _) in places.items()}
     for _ in range(rounds):
-        for name, (start, argv, kw) in variants.items():
-            got[name] += loop(sess, start, argv, n, warm=warm, what=name, **kw)
+        for name, (start, cmds, kw) in places.items():
+            for k, samples in enumerate(loop(sess, start, cmds, n, warm=warm, what=name, **kw)):
+                got[name][k] += samples
     return got
 
 
@@ -418,6 +430,21 @@ def rss(samples):
 def machine_load():
     with open("/proc/loadavg") as f:
         return f.read().split()[0]
+
+
+def cpu_seconds():
+    """(CPU seconds the whole machine has used, CPU seconds of this process and
+    its reaped children): their growth over a run tells how much others used."""
+    import resource
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        own += ru.ru_utime + ru.ru_stime
+    return busy / os.sysconf("SC_CLK_TCK"), own
 
 
 def busy_processes(threshold=20.0, interval=0.5):

@@ -48,15 +48,13 @@ def run(sess):
                 os.rmdir(path)
                 bare.append(time.perf_counter() - t0)
         run_cmd = command("cgnetns-run")
-        variants = {
-            "unshare": ["/usr/bin/unshare", "-n", TRUE],
-            "run": run_cmd + [TRUE],
-            "run-net": run_cmd + ["--unshare-net", TRUE],
-        }
-        got = {k: [] for k in variants}
+        cmds = [["/usr/bin/unshare", "-n", TRUE], run_cmd + [TRUE],
+                run_cmd + ["--unshare-net", TRUE]]
+        got = {"unshare": [], "run": [], "run-net": []}
         for _ in range(rounds):
-            for k, argv in variants.items():
-                got[k] += loop(sess, start_outside, argv, n_cmd, warm=2, what=k)
+            for k, samples in zip(got, loop(sess, start_outside, cmds, n_cmd, warm=2,
+                                            what="cgnetns-run")):
+                got[k] += samples
         py = loop(sess, start_outside, [_interpreter(run_cmd), "-c", "pass"], n_cmd, warm=2,
                   what="python")
 

@@ -1,6 +1,6 @@
 /* spawnloop: start PROGRAM N times from one process and time each call.
  *
- *   spawnloop [-n N] [-w WARMUP] [-m spawn|fork] [-P] -- PROGRAM [ARG...]
+ *   spawnloop [-n N] [-w WARMUP] [-m spawn|fork] [-P] -- PROGRAM [ARG...] [::: PROGRAM [ARG...]]...
  *
  * Each call is the whole life of one child as its parent sees it: from just
  * before posix_spawn(3) (or fork+execve) until wait4(2) returns, so process
@@ -8,8 +8,13 @@
  * the figure.  The child inherits the environment, stdin and stderr; its
  * stdout goes to /dev/null.  PROGRAM is an absolute path (no PATH search).
  *
+ * Several commands, separated by ":::", are called in turn (call i runs
+ * command i mod K), N calls each: neighbouring calls of different commands
+ * see the same machine, so a comparison between them is not skewed by
+ * whatever else the machine does meanwhile.
+ *
  * Output on stdout, one line per measured call (warm-up calls are not
- * printed):   <nanoseconds> <wait status> <ru_maxrss in KiB>
+ * printed):   <nanoseconds> <wait status> <ru_maxrss in KiB> <command index>
  *
  * -P sets PR_SET_NO_NEW_PRIVS first (inherited by every child: a setuid
  * program then gains nothing).  Exit status: 0, or 1 when a call could not be
@@ -32,6 +37,8 @@
 
 extern char **environ;
 
+#define MAX_CMDS 8
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -41,7 +48,8 @@ static long long now_ns(void)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: spawnloop [-n N] [-w WARMUP] [-m spawn|fork] [-P] -- PROGRAM [ARG...]\n");
+	fprintf(stderr, "usage: spawnloop [-n N] [-w WARMUP] [-m spawn|fork] [-P] -- "
+		"PROGRAM [ARG...] [::: PROGRAM [ARG...]]...\n");
 	exit(2);
 }
 
@@ -65,7 +73,22 @@ int main(int argc, char **argv)
 	}
 	if (optind >= argc || n < 1 || warm < 0)
 		usage();
-	char **cmd = argv + optind;
+	/* Split the commands at ":::" (each becomes its own NULL-terminated argv). */
+	char **cmds[MAX_CMDS];
+	int k = 0;
+	cmds[k++] = argv + optind;
+	for (int i = optind; i < argc; i++) {
+		if (strcmp(argv[i], ":::") == 0) {
+			if (k == MAX_CMDS)
+				usage();
+			argv[i] = NULL;
+			cmds[k++] = argv + i + 1;
+		}
+	}
+	for (int i = 0; i < k; i++)
+		if (!cmds[i][0])
+			usage();
+	long total = n * k;
 
 	if (nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
 		perror("spawnloop: PR_SET_NO_NEW_PRIVS");
@@ -83,15 +106,16 @@ int main(int argc, char **argv)
 
 	/* Results are kept in memory and printed at the end, so that writing
 	 * them never lands between two calls. */
-	long long *t = calloc((size_t)n, sizeof *t);
-	int *st = calloc((size_t)n, sizeof *st);
-	long *rss = calloc((size_t)n, sizeof *rss);
+	long long *t = calloc((size_t)total, sizeof *t);
+	int *st = calloc((size_t)total, sizeof *st);
+	long *rss = calloc((size_t)total, sizeof *rss);
 	if (!t || !st || !rss) {
 		perror("spawnloop: calloc");
 		return 1;
 	}
 
-	for (long i = -warm; i < n; i++) {
+	for (long i = -warm * k; i < total; i++) {
+		char **cmd = cmds[(i % k + k) % k];
 		pid_t pid;
 		long long t0 = now_ns();
 		if (use_fork) {
@@ -127,7 +151,7 @@ int main(int argc, char **argv)
 			rss[i] = ru.ru_maxrss;
 		}
 	}
-	for (long i = 0; i < n; i++)
-		printf("%lld %d %ld\n", t[i], st[i], rss[i]);
+	for (long i = 0; i < total; i++)
+		printf("%lld %d %ld %ld\n", t[i], st[i], rss[i], i % k);
 	return fflush(stdout) == 0 ? 0 : 1;
 }
