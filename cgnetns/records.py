@@ -59,7 +59,9 @@ def create_record(build_id, data, run_dir=namespaces.RUN_DIR):
     path = record_path(build_id, run_dir)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Blocking: the file is new, but gc or the broker may be probing it
+        # with a brief shared lock (record_is_live) at this very moment.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         payload = dict(data, version=1, id=build_id, pid=os.getpid(),
                        start_time=start_time(os.getpid()), created=time.time())
         os.write(fd, json.dumps(payload, sort_keys=True).encode() + b"\n")
