@@ -89,6 +89,10 @@ int open_trusted(const char *abspath, enum trust_kind kind, int flags,
 		}
 		memcpy(name, abspath + pos, len);
 		name[len] = '\0';
+		if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+			close_quietly(dir);
+			return bad(e, abspath, end, "is not canonical");
+		}
 
 		int want_dir = !last || kind == TRUST_DIR;
 		int oflags = O_NOFOLLOW | O_CLOEXEC;

@@ -249,3 +249,52 @@ def test_masquerade_compiler_scripts(henv, world, builds):
     with open(rec) as f:
         lines = f.read().splitlines()
     assert lines == ["/usr/bin:/bin", "distcc", "cc", "-c", "x y.c"]
+
+
+def test_tag_without_namespace_id_joins(henv, world):
+    """nsid=0 (a kernel without NS_GET_ID): st_dev/st_ino alone decide."""
+    dev, ino, _ = world.a.identity
+    world.a.set_tag(hs.tag_value(world.a.id, dev, ino, 0))
+    report = henv.out_path()
+    r = world.a.run(world.probe_argv(report), netns=world.private.path)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    hs.assert_joined(hs.read_report(report), world.host_ns, world.parent_token)
+
+
+SYS_OPENAT2 = 437
+
+
+def test_without_openat2(henv, world):
+    """Where openat2() fails with ENOSYS (old kernel, container seccomp
+    profile), the per-component openat() walk gives the same answers: the
+    join works, a cgroup namespace is still refused."""
+    launch = [henv.probe, "launch", henv.out_path("launch"),
+              "--seccomp-enosys=%d" % SYS_OPENAT2, "--become=%d" % hs.NOBODY, "--"]
+    report = henv.out_path()
+    r = world.a.run(launch + world.probe_argv(report), netns=world.private.path, user=None)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    got = hs.read_report(report)
+    hs.assert_joined(got, world.host_ns, world.parent_token)
+    assert got["status"]["Seccomp"] == "2" and got["uids"] == [hs.NOBODY] * 3
+    report = henv.out_path()
+    r = world.a.run(launch + world.probe_argv(report), netns=world.private.path, user=None,
+                    unshare=["-C"])
+    assert r.returncode == hs.EXIT_REFUSE
+    assert "is not in cgroup" in hs.one_line(r.stderr)
+    hs.assert_not_run(report)
+
+
+@pytest.mark.parametrize("owner", [None, hs.NOBODY])
+def test_nested_cgroup_below_the_build_joins(henv, world, owner):
+    """Portage's FEATURES=cgroup nests emerge-<pid>/<cpv> below the build
+    cgroup (also delegated to the build user): the walk finds the build's tag."""
+    inner = world.a.child("emerge-1", owner=owner)
+    inner2 = os.path.join(inner, "cat-pkg-1")
+    os.mkdir(inner2)
+    world.a.extra_cgroups.append(inner2)
+    report = henv.out_path()
+    r = henv.run(world.probe_argv(report), cgroup=inner2, netns=world.private.path)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    got = hs.read_report(report)
+    hs.assert_joined(got, world.host_ns, world.parent_token)
+    assert got["cgroup"] == "/cgnetns/%s/emerge-1/cat-pkg-1" % world.a.id

@@ -10,7 +10,8 @@
  *
  *   probe launch OUT [--umask=OCT] [--ignore=SIG] [--block=SIG] [--nofile=N]
  *                    [--close=FD] [--argv0=S] [--empty-argv] [--add-env=RAW]
- *                    [--core=unlimited] -- CMD [ARG...]
+ *                    [--core=unlimited] [--seccomp-enosys=NR] [--become=UID]
+ *                    -- CMD [ARG...]
  *       Set up the caller's state, write the same report of itself to OUT,
  *       then exec CMD (execv, no PATH lookup): the report is what the helper
  *       was given, to compare with what its program got.
@@ -35,6 +36,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -373,6 +378,26 @@ static int race(const char *path, const char *mode, char **cmd)
 	return 0;
 }
 
+/* A seccomp filter that makes syscall nr fail with ENOSYS, as on a kernel
+ * (or under a container profile) without it. */
+static void seccomp_enosys(int nr)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0) {
+		perror("seccomp");
+		exit(93);
+	}
+}
+
 static int launch(int argc, char **argv)
 {
 	const char *path = argv[2];
@@ -401,7 +426,17 @@ static int launch(int argc, char **argv)
 			argv0 = a + 8;
 		else if (strcmp(a, "--empty-argv") == 0)
 			empty_argv = 1;
-		else if (strncmp(a, "--add-env=", 10) == 0 && nadded < 63)
+		else if (strncmp(a, "--seccomp-enosys=", 17) == 0)
+			seccomp_enosys(atoi(a + 17));
+		else if (strncmp(a, "--become=", 9) == 0) {
+			/* drop to uid=gid=N with no groups (after a root-only step) */
+			gid_t g = (gid_t)atoi(a + 9);
+			if (setgroups(0, NULL) < 0 || setresgid(g, g, g) < 0 ||
+			    setresuid((uid_t)atoi(a + 9), (uid_t)atoi(a + 9), (uid_t)atoi(a + 9)) < 0) {
+				perror("become");
+				return 94;
+			}
+		} else if (strncmp(a, "--add-env=", 10) == 0 && nadded < 63)
 			added[nadded++] = (char *)a + 10;
 		else if (strncmp(a, "--core=", 7) == 0) {
 			struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
