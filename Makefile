@@ -20,7 +20,7 @@ COMMANDS = cgnetns-run:run cgnetns-show:show cgnetns-gc:gc cgnetnsd:broker
 PYTEST_ARGS ?=
 
 .PHONY: all install install-deps install-python install-scripts install-helper \
-        install-config install-contrib install-man demo check check-deps check-python bench clean
+        install-config install-contrib install-man demo stress fuzz check check-deps check-python bench clean
 
 all:
 	$(MAKE) -C helper
@@ -80,6 +80,12 @@ check: check-python
 
 bench:
 	$(PYEXE) -m bench
+
+stress:
+	$(PYEXE) -m stress
+
+fuzz:
+	$(MAKE) -C helper fuzz
 
 clean:
 	-$(MAKE) -C helper clean
