@@ -145,12 +145,34 @@ class Cleanup(contextlib.ExitStack):
     SIGTERM and SIGHUP are blocked while it runs, and delivered after."""
 
     def __exit__(self, *exc):
-        sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-        try:
+        with signals_held():
             return super().__exit__(*exc)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold SIGINT, SIGTERM and SIGHUP back for a short critical step (they
+    are delivered right after it)."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def new_build(stack, name):
+    """A Build made with cgnetns.build.Build and registered for removal.
+
+    create() is not interrupted half way: a signal between two of its steps
+    would leave a record or pin file that close() does not know about (for
+    cgnetns-gc to find); held back, it arrives once the build is whole and
+    its removal registered."""
+    from cgnetns.build import Build
+    with signals_held():
+        b = Build(name=name).create()
+        stack.callback(b.close)
+    return b
 
 
 def kill_wait(proc, sig=signal.SIGKILL, timeout=10):

@@ -26,11 +26,9 @@ import subprocess
 import sys
 import tempfile
 
-from cgnetns.build import Build
-
 from .common import (HELPER, READLINK, REPO, BUILD_USER, BenchError, Cleanup, Row, allow_listed,
-                     check_join, child_env, communicate, kill_wait, median, start_in_build,
-                     start_outside)
+                     check_join, child_env, communicate, kill_wait, median, new_build,
+                     start_in_build, start_outside)
 
 PART = 3
 NAME = "data"
@@ -109,8 +107,7 @@ def run(sess):
         relay = Relay(sess)
         stack.callback(relay.stop)
         relay.start()
-        b = Build(name="bench-data").create()
-        stack.callback(b.close)
+        b = new_build(stack, "bench-data")
 
         def inside(argv):
             return start_in_build(b.cgroup_path, argv, user=BUILD_USER)

@@ -28,7 +28,7 @@ from cgnetns.topology import Topology, TopologyError
 
 from .common import (HELPER, READLINK, BUILD_USER, BenchError, BrokerProcess, Cleanup, Row,
                      allow_listed, check_broker, check_join, child_env, command, communicate,
-                     median, start_in_build, start_outside)
+                     median, new_build, start_in_build, start_outside)
 
 PART = 4
 NAME = "distcc"
@@ -95,9 +95,7 @@ def run(sess):
 
         # Probes run in a build of their own (the one cgnetns-run makes later
         # is not there yet): cgnetns.build.Build, as everywhere else.
-        from cgnetns.build import Build
-        probe_build = Build(name="bench-distcc-probe").create()
-        stack.callback(probe_build.close)
+        probe_build = new_build(stack, "bench-distcc-probe")
 
         def probe_start(argv):
             return start_in_build(probe_build.cgroup_path, argv, user=BUILD_USER)

@@ -23,10 +23,8 @@ import os
 import subprocess
 import sys
 
-from cgnetns.build import Build
-
 from .common import (HELPER, READLINK, TRUE, BUILD_USER, BrokerProcess, Cleanup, Row, allow_listed,
-                     check_broker, check_join, interleaved, ms, peak_rss, start_in_build,
+                     check_broker, check_join, interleaved, ms, new_build, peak_rss, start_in_build,
                      start_outside, child_env)
 
 PART = 1
@@ -39,8 +37,7 @@ def run(sess):
     noop = sess.tool("noop")
     with Cleanup() as stack:
         stack.enter_context(allow_listed([TRUE, READLINK, noop]))
-        b = Build(name="bench-helper").create()
-        stack.callback(b.close)
+        b = new_build(stack, "bench-helper")
         netns = "cgnb-%s" % os.urandom(4).hex()
         subprocess.run(["ip", "netns", "add", netns], check=True, env=child_env())
         stack.callback(subprocess.run, ["ip", "netns", "del", netns], env=child_env())

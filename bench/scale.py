@@ -32,7 +32,8 @@ import time
 from cgnetns.build import Build
 
 from .common import (HELPER, READLINK, TRUE, BUILD_USER, BenchError, Cleanup, Row, allow_listed,
-                     check_join, kill_wait, loop, median, start_in_build)
+                     check_join, kill_wait, loop, median, new_build, signals_held,
+                     start_in_build)
 
 PART = 2
 NAME = "scale"
@@ -90,7 +91,9 @@ class Filler:
 
 def close_builds(builds):
     while builds:
-        builds.pop().close()
+        with signals_held():
+            builds[-1].close()
+            builds.pop()
 
 
 def run(sess):
@@ -99,8 +102,7 @@ def run(sess):
     scan_n = sess.pick(6, 3)
     with Cleanup() as stack:
         stack.enter_context(allow_listed([TRUE, READLINK]))
-        base = Build(name="bench-scale").create()
-        stack.callback(base.close)
+        base = new_build(stack, "bench-scale")
         others = []
         stack.callback(close_builds, others)
         filler = Filler(sess)
@@ -160,7 +162,8 @@ def run(sess):
         for count in (100, 10000):
             sess.log("scale: making %d more builds" % (count - 1 - len(others)))
             while len(others) < count - 1:
-                others.append(Build(name="bench-scale-extra").create())
+                with signals_held():
+                    others.append(Build(name="bench-scale-extra").create())
             res["tag%d" % count] = measure("%d tagged cgroups" % count, scan=count == 10000)
         sess.log("scale: removing %d builds" % len(others))
         close_builds(others)

@@ -188,6 +188,12 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 	if (!lists_pid(cg, s->pid))
 		die(EXIT_REFUSE, "process %d is not in cgroup /%s of the cgroup2 mount "
 		    "(cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
+	/* The broker's agent joins this very (checked) directory. */
+	if (s->cg_out) {
+		*s->cg_out = fcntl(cg, F_DUPFD_CLOEXEC, 3);
+		if (*s->cg_out < 0)
+			die_with_error(EXIT_REFUSE, "cannot keep cgroup /%s", cg_rel);
+	}
 
 	/* Step 3: walk up to (and including) the root; the first trusted.cgnetns
 	 * wins.  Bounded: a path of CG_PATH_MAX bytes has fewer levels. */

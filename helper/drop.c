@@ -32,6 +32,7 @@ void caller_get(struct caller *c)
 		die_with_error(EXIT_REFUSE, "cannot read supplementary groups");
 	c->ngroups = n;
 	c->groups = caller_groups;
+	c->groups_preset = 0;
 }
 
 static int capget_self(struct cg_cap_data d[2])
@@ -72,13 +73,17 @@ int have_privilege(uid_t euid)
 	return in_initial_userns();
 }
 
+/* The target ids are c->ruid and c->rgid (real = effective = saved).  The
+ * setuid path passes the caller's own; the broker's agent passes its peer's
+ * (agent.c), and sets groups_preset when it had to set the groups before
+ * entering the peer's user namespace, where they are then only verified. */
 void drop_privileges(const struct caller *c)
 {
 	/* Groups first, while setgroups() is still permitted.  They are the
 	 * caller's already; setting them states it instead of assuming it.
 	 * Without CAP_SETGID (root in a container whose bounding set lacks it)
 	 * this fails with EPERM: the check below then proves they are right. */
-	if (setgroups((size_t)c->ngroups, c->groups) < 0 && errno != EPERM)
+	if (!c->groups_preset && setgroups((size_t)c->ngroups, c->groups) < 0 && errno != EPERM)
 		die_with_error(EXIT_REFUSE, "setgroups");
 	/* gids before uids: once the uids are the caller's, the gids could no
 	 * longer be changed. */

@@ -21,10 +21,12 @@
 #include "compat.h"
 #include "helper.h"
 
+int exec_path_fallback = 1;
+
 void exec_program(const struct program *p, char **argv, char **envp)
 {
 	syscall(SYS_execveat, p->fd, "", argv, envp, AT_EMPTY_PATH);
-	if (errno == ENOENT) {
+	if (errno == ENOENT && exec_path_fallback) {
 		execve(p->path, argv, envp);
 	}
 	int err = errno;

@@ -11,6 +11,8 @@
  *   drop.c    the caller's credentials and the privilege drop
  *   env.c     the environment handed to the program
  *   exec.c    the exec of the checked program
+ *   client.c  without privilege: the request to the broker (doc/BROKER.rst)
+ *   agent.c   --broker: act for the broker's peer (real root only)
  *   util.c    messages and exit
  */
 #ifndef CGNETNS_HELPER_H
@@ -30,6 +32,9 @@
 #endif
 #ifndef CGNETNS_PINS_DIR
 #define CGNETNS_PINS_DIR "/run/cgnetns/pins"
+#endif
+#ifndef CGNETNS_BROKER_SOCKET
+#define CGNETNS_BROKER_SOCKET "/run/cgnetns/cgnetnsd.sock"
 #endif
 #define CGNETNS_TAG_XATTR "trusted.cgnetns"
 #define SELF_NAME "cgnetns-exec"
@@ -51,6 +56,8 @@ const char *errno_name(int e);
 ssize_t read_full(int fd, char *buf, size_t size);
 void close_quietly(int fd);
 int fd_on_fs(int fd, unsigned long magic);
+/* From now on die() also writes "WORD STATUS\n" to fd (agent.c). */
+void set_verdict_fd(int fd, const char *word);
 
 /* ---- parse.c (pure: no I/O, no exit; fuzzed) ---- */
 struct tag {
@@ -106,6 +113,8 @@ void allow_check_program(const char *program, int privileged, int check_owner,
 struct subject {
 	int proc_fd; /* /proc/<pid> (or /proc/self), checked to be procfs */
 	pid_t pid;   /* its pid as seen in this process's pid namespace */
+	int *cg_out; /* not NULL: cgroup_find_tag() stores an fd of the
+			subject's (checked) cgroup directory here */
 };
 void subject_self(struct subject *s);
 
@@ -139,6 +148,7 @@ struct caller {
 	gid_t rgid, egid, sgid;
 	int ngroups;
 	gid_t *groups;
+	int groups_preset; /* 1: groups were set already, only verify them */
 };
 void caller_get(struct caller *c);
 int in_initial_userns(void);
@@ -150,7 +160,19 @@ void env_prepare(void);
 char **env_for_program(void);
 
 /* ---- exec.c ---- */
+/* 0: never run a "#!" script by its path (agent.c: the path would be
+ * resolved in the peer's mount namespace, not where it was checked). */
+extern int exec_path_fallback;
 __attribute__((noreturn))
 void exec_program(const struct program *p, char **argv, char **envp);
+
+/* ---- client.c ---- */
+/* Without privilege: ask the broker.  Returns only when no broker answers
+ * (the caller then runs the program unchanged); exits or execs otherwise. */
+void broker_client(const char *program, char **prog_argv, char **envp);
+
+/* ---- agent.c ---- */
+__attribute__((noreturn))
+void agent_main(int argc, char **argv);
 
 #endif

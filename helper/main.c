@@ -22,17 +22,24 @@
 #define USAGE "usage: " SELF_NAME " [--] PROGRAM [ARG...]"
 
 /* Without privilege the tag cannot be read (trusted.* is invisible without
- * CAP_SYS_ADMIN), so whether the caller is in a build cannot be told.  Say
- * so once where builds can exist (the pins directory is there), and run the
- * program unchanged: that is no more than the caller could do itself.
- * Issue 4 replaces this with a request to the broker. */
-static void no_privilege_notice(const char *program)
+ * CAP_SYS_ADMIN), so whether the caller is in a build cannot be told here:
+ * the broker is asked (client.c).  When none answers, the program runs
+ * unchanged -- no more than the caller could do itself -- and one line says
+ * why it has no network.  That line is left out where no build can exist:
+ * no pins directory means no build on this host (cgnetns-run makes it
+ * before its first build), so the caller is provably in none. */
+static void no_broker_notice(const char *program, int connect_errno)
 {
 	struct stat st;
+	const char *why = "not set-user-ID root, a nosuid mount or a ptraced exec";
+	if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1)
+		why = "no_new_privs";
+	else if (!in_initial_userns())
+		why = "a user namespace";
 	if (lstat(CGNETNS_PINS_DIR, &st) == 0 || errno == EACCES)
-		note("no privilege (no_new_privs, nosuid mount, ptrace or user namespace): "
-		     "%.200s runs in the current network namespace (broker not available yet)",
-		     program);
+		note("no privilege (%s) and no broker at %s (%s): "
+		     "%.200s runs without network (in the current network namespace)",
+		     why, CGNETNS_BROKER_SOCKET, errno_name(connect_errno), program);
 }
 
 int main(int argc, char **argv)
@@ -47,6 +54,15 @@ int main(int argc, char **argv)
 	 * name to run by, and the masquerade rule below needs one. */
 	if (argc < 1 || !argv[0] || !argv[0][0])
 		die(EXIT_REFUSE, "refusing to run with an empty argv[0]");
+
+	/* The broker's agent: cgnetns-exec --broker -- PROGRAM [ARG...], started
+	 * by cgnetnsd as real root.  agent_main() refuses unless the real and
+	 * effective uids are 0 and the exec was not set-user-ID (AT_SECURE), so
+	 * the set-user-ID bit can never reach that mode.  Through a masquerade
+	 * symlink "--broker" is only the program's own argument. */
+	if (argc > 1 && strcmp(argv[1], "--broker") == 0 &&
+	    strcmp(base_name(argv[0]), SELF_NAME) == 0)
+		agent_main(argc, argv);
 
 	caller_get(&c);
 	/* Set-user-ID to anyone but root is an installation mistake, and a
@@ -95,37 +111,47 @@ int main(int argc, char **argv)
 		prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	}
 
-	/* The allow list first: a program that is not on it is refused (126)
-	 * whatever else is true, and nothing is run.  In a user namespace root's
-	 * files show as the overflow uid: ownership cannot be checked there, and
-	 * nothing is granted there either (no privilege). */
-	allow_check_program(program, privileged, privileged || in_initial_userns(), &prog);
-
-	if (privileged) {
-		struct subject self;
-		struct verdict v;
-
-		subject_self(&self);
-		resolve(&self, &v);
-		close_quietly(self.proc_fd);
-		if (v.kind == VERDICT_JOIN) {
-			/* The one privileged act: enter the namespace root pinned and
-			 * the tag names, through the verified pin fd. */
-			if (setns(v.pin_fd, CLONE_NEWNET) < 0)
-				die_with_error(EXIT_REFUSE,
-					       "cannot join the approved network namespace of %s",
-					       v.tag.id);
-			close_quietly(v.pin_fd);
+	if (!privileged) {
+		/* Give back what a set-user-ID exec without privilege gave (root
+		 * without capabilities), then ask the broker: it decides with
+		 * the same code, as real root, for this process.  It returns only
+		 * when no broker answers. */
+		char **envp;
+		if (elevated) {
+			env_prepare();
+			drop_privileges(&c);
 		}
-	} else {
-		no_privilege_notice(program);
+		envp = env_for_program();
+		broker_client(program, prog_argv, envp);
+		int connect_errno = errno;
+		allow_check_program(program, 0, in_initial_userns(), &prog);
+		no_broker_notice(program, connect_errno);
+		exec_program(&prog, prog_argv, envp);
+	}
+
+	/* The allow list first: a program that is not on it is refused (126)
+	 * whatever else is true, and nothing is run. */
+	allow_check_program(program, privileged, 1, &prog);
+
+	struct subject self;
+	struct verdict v;
+
+	subject_self(&self);
+	resolve(&self, &v);
+	close_quietly(self.proc_fd);
+	if (v.kind == VERDICT_JOIN) {
+		/* The one privileged act: enter the namespace root pinned and
+		 * the tag names, through the verified pin fd. */
+		if (setns(v.pin_fd, CLONE_NEWNET) < 0)
+			die_with_error(EXIT_REFUSE,
+				       "cannot join the approved network namespace of %s",
+				       v.tag.id);
+		close_quietly(v.pin_fd);
 	}
 
 	/* For good, and checked, before anything of the caller's is used. */
-	if (privileged || elevated) {
-		env_prepare();
-		drop_privileges(&c);
-	}
+	env_prepare();
+	drop_privileges(&c);
 
 	exec_program(&prog, prog_argv, env_for_program());
 }

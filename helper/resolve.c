@@ -22,6 +22,7 @@ void subject_self(struct subject *s)
 		die(EXIT_REFUSE, "/proc is not procfs");
 	s->proc_fd = fd;
 	s->pid = getpid();
+	s->cg_out = NULL;
 }
 
 void resolve(const struct subject *s, struct verdict *v)

@@ -98,13 +98,39 @@ void note(const char *fmt, ...)
 	errno = saved;
 }
 
+/* The broker's agent (agent.c) answers on a status pipe: every refusal
+ * there is also a status line ("refuse N", or "exit N" once the program has
+ * been announced), written after the message on fd 2. */
+static int verdict_fd = -1;
+static const char *verdict_word = "refuse";
+
+void set_verdict_fd(int fd, const char *word)
+{
+	verdict_fd = fd;
+	verdict_word = word;
+}
+
+__attribute__((noreturn))
+static void finish(int status)
+{
+	if (verdict_fd >= 0) {
+		char line[32];
+		int n = snprintf(line, sizeof line, "%s %d\n", verdict_word, status);
+		if (n > 0) {
+			ssize_t w = write(verdict_fd, line, (size_t)n);
+			(void)w;
+		}
+	}
+	_exit(status);
+}
+
 void die(int status, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
 	emit(fmt, ap, 0);
 	va_end(ap);
-	_exit(status);
+	finish(status);
 }
 
 void die_with_error(int status, const char *fmt, ...)
@@ -114,7 +140,7 @@ void die_with_error(int status, const char *fmt, ...)
 	va_start(ap, fmt);
 	emit(fmt, ap, err);
 	va_end(ap);
-	_exit(status);
+	finish(status);
 }
 
 /* Read until EOF or until buf is full.  Returns the byte count, size + 1
