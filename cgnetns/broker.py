@@ -13,6 +13,7 @@ dropped with one log line.  Degrades: no SO_PEERPIDFD -> the fallback check;
 no pidfd_open (Linux < 5.3) -> refuse every request with a logged reason.
 """
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -159,7 +160,11 @@ class Conn:
 
 class Broker:
     def __init__(self, socket_path=SOCKET_PATH, helper=HELPER, max_conns=256,
-                 request_timeout=10.0, idle_exit=None, log=None, lock_path=LOCK_PATH):
+                 request_timeout=10.0, idle_exit=None, log=None, lock_path=None):
+        # One lock per socket: brokers on other sockets (tests, a private
+        # instance) do not exclude the system's.
+        if lock_path is None:
+            lock_path = LOCK_PATH if socket_path == SOCKET_PATH else socket_path + ".lock"
         self.socket_path = socket_path
         self.helper = helper
         self.max_conns = max_conns
@@ -359,11 +364,14 @@ class Broker:
         placements = [(c.pidfd, AGENT_PIDFD), (c.fds[0], AGENT_CWD), (status_w, AGENT_STATUS)]
         placements += list(zip(c.fds[1:], req.fdnums[1:]))
         helper = os.fsencode(self.helper)
+        # The environment byte for byte (os.execve wants a mapping, which
+        # would lose entries without "=" and repeated names): execve(2) itself.
+        c_argv, c_env = _c_strings(argv), _c_strings(req.env)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child; ends in exec or _exit
             try:
                 _place_fds(placements)
-                os.execve(helper, argv, req.env)
+                _libc.execve(helper, c_argv, c_env)
             except BaseException:
                 pass
             os._exit(127)
@@ -459,6 +467,19 @@ class Broker:
         c.sock.close()
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.execve.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p),
+                         ctypes.POINTER(ctypes.c_char_p)]
+
+
+def _c_strings(strings):
+    """A NULL-terminated char *[] of the byte strings."""
+    arr = (ctypes.c_char_p * (len(strings) + 1))()
+    arr[:len(strings)] = list(strings)
+    arr[len(strings)] = None
+    return arr
+
+
 def _place_fds(placements):
     """In the forked child: put each (source fd, target number) in place and
     close every other descriptor."""
@@ -472,7 +493,10 @@ def _place_fds(placements):
     top = max(keep) + 1
     low = 0
     for fd in sorted(keep):
-        os.closerange(low, fd)
+        # Only non-empty ranges: os.closerange(n, n) becomes close_range(n,
+        # UINT_MAX) on Linux and would close every placed descriptor.
+        if low < fd:
+            os.closerange(low, fd)
         low = fd + 1
     os.closerange(top, 65536)
     fl = fcntl.fcntl(AGENT_STATUS, fcntl.F_GETFD)
