@@ -202,61 +202,85 @@ def communicate(proc, timeout=600, what="command"):
     return out, err
 
 
-@contextlib.contextmanager
-def allow_listed(paths):
-    """Add PATHS (canonical) to the allow list for the duration; restore the
-    file byte for byte (mode and owner too) afterwards, or remove it (and
-    /etc/cgnetns) when there was none.  Paths already listed are left alone."""
-    d = os.path.dirname(ALLOW_PATH)
-    made_dir = not os.path.isdir(d)
-    try:
-        with open(ALLOW_PATH, "rb") as f:
-            old = f.read()
-        st = os.stat(ALLOW_PATH)
-        old_meta = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
-    except FileNotFoundError:
-        old, old_meta = None, None
-    present = {l.strip() for l in (old or b"").decode("utf-8", "replace").splitlines()}
-    add = [p for p in paths if p not in present]
-    if made_dir:
-        os.mkdir(d, 0o755)
-    text = None
-    try:
-        if add or old is None:
-            text = (old or b"")
-            if text and not text.endswith(b"\n"):
-                text += b"\n"
-            text += ("# added by cgnetns bench (pid %d); removed when it ends\n%s\n"
-                     % (os.getpid(), "\n".join(add))).encode()
-            _replace(ALLOW_PATH, text, (0o644, 0, 0))
-        yield
-    finally:
+class AllowList:
+    """Our entries in the allow list, in a marked block of our own.
+
+    Tests or tools may rewrite the file while the benchmark runs (they share
+    the machine): ``ensure()`` puts our block back when an entry of ours has
+    gone, and the end takes out our blocks only, so the file is byte for byte
+    what it was when nobody else changed it.  Without a file (or directory)
+    before, none is left after."""
+
+    def __init__(self):
+        self.paths = []
+        self.begin = ("# cgnetns bench (pid %d): added for the run, removed when it ends\n"
+                      % os.getpid()).encode()
+        self.end = ("# cgnetns bench (pid %d): end\n" % os.getpid()).encode()
+        self.made_dir = False
+        self.made_file = False
+
+    def _read(self):
+        try:
+            with open(ALLOW_PATH, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def add(self, paths):
+        self.paths += [p for p in paths if p not in self.paths]
+        self.ensure()
+
+    def ensure(self):
+        text = self._read()
+        listed = set() if text is None else {
+            l.strip() for l in text.decode("utf-8", "replace").splitlines()}
+        missing = [p for p in self.paths if p not in listed]
+        if not missing:
+            return
+        if text is None:
+            d = os.path.dirname(ALLOW_PATH)
+            if not os.path.isdir(d):
+                os.mkdir(d, 0o755)
+                self.made_dir = True
+            self.made_file, text, meta = True, b"", (0o644, 0, 0)
+        else:
+            st = os.stat(ALLOW_PATH)
+            meta = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        if text and not text.endswith(b"\n"):
+            text += b"\n"
+        block = self.begin + "".join(p + "\n" for p in missing).encode() + self.end
+        _replace(ALLOW_PATH, text + block, meta)
+
+    def remove(self):
+        text = self._read()
         if text is not None:
-            _restore(old, old_meta, text, made_dir)
-        elif made_dir:
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
-
-
-def _restore(old, old_meta, ours, made_dir):
-    """Put the allow list back.  When someone else changed it meanwhile (a
-    test run beside the benchmark), take out only the lines we added."""
-    try:
-        with open(ALLOW_PATH, "rb") as f:
-            now = f.read()
-    except FileNotFoundError:
-        now = None
-    if now is not None and now != ours:
-        kept = now.replace(ours[len(old or b""):], b"") if ours.startswith(old or b"") else now
-        _replace(ALLOW_PATH, kept, old_meta or (0o644, 0, 0))
-    elif old is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(ALLOW_PATH)
-        if made_dir:
+            while self.begin in text:
+                i = text.index(self.begin)
+                j = text.find(self.end, i)
+                j = len(text) if j < 0 else j + len(self.end)
+                text = text[:i] + text[j:]
+            if self.made_file and not text.strip():
+                os.unlink(ALLOW_PATH)
+            else:
+                st = os.stat(ALLOW_PATH)
+                _replace(ALLOW_PATH, text, (st.st_mode & 0o7777, st.st_uid, st.st_gid))
+        if self.made_dir:
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(ALLOW_PATH))
-    else:
-        _replace(ALLOW_PATH, old, old_meta)
+        self.paths = []
+
+
+ALLOW = AllowList()
+
+
+@contextlib.contextmanager
+def allow_listed(paths):
+    """Allow-list PATHS (canonical) for the duration of a part."""
+    ALLOW.add(paths)
+    try:
+        yield
+    finally:
+        ALLOW.remove()
 
 
 def _replace(path, data, meta):
@@ -347,6 +371,7 @@ def start_outside(argv, user=None, env=None, **kw):
     """ARGV in the current (parent) network namespace and cgroup."""
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
+    ALLOW.ensure()
     if user is not None:
         uid, gid, groups = cgbuild.resolve_user(user)
         kw.update(user=uid, group=gid, extra_groups=groups)
@@ -360,6 +385,7 @@ def start_in_build(cgroup_path, argv, user=None, unshare_net=True, env=None, **k
     (cgnetns.build.ChildSetup), as Build.spawn and cgnetns-run do."""
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
+    ALLOW.ensure()
     if unshare_net:
         import pyroute2  # noqa: F401 -- imported before fork, as Build.spawn does
     setup = cgbuild.ChildSetup(cgroup_path, unshare_net, ids_of(user))
