@@ -334,6 +334,7 @@ class HelperEnv:
       out/       0777: reports and markers written by the programs
       etc/cgnetns/allow      the private allow list of the variants
       run/cgnetns/pins       the private pins directory of the variants
+      run/cgnetns/cgnetnsd.sock  their broker socket (never listened on)
       v/<name>/cgnetns-exec  helper variants built from helper/ with the
                              private paths: musl, glibc (set-user-ID root),
                              asan (not set-id, run as real root)
@@ -388,8 +389,12 @@ class HelperEnv:
 
     def _build_variants(self):
         bdir = os.path.join(self.tdir, "build")
+        # no broker listens on the private socket: the no-privilege path
+        # is the same whether or not a cgnetnsd runs on the host
+        self.private_broker = os.path.join(os.path.dirname(self.private_pins), "cgnetnsd.sock")
         args = ["make", "-s", "-C", HELPER_SRC, "B=" + bdir,
-                "ALLOW_PATH=" + self.private_allow, "PINS_DIR=" + self.private_pins]
+                "ALLOW_PATH=" + self.private_allow, "PINS_DIR=" + self.private_pins,
+                "BROKER_SOCKET=" + self.private_broker]
         sh(args + ["-j2", "musl", "glibc", "asan"], timeout=300)
         self.variants = {}
         for name, mode in (("musl", 0o4755), ("glibc", 0o4755), ("asan", 0o755)):

@@ -141,21 +141,25 @@ def test_t01_forged_environment_outside_a_build(henv, world):
 # ---------------------------------------------------------------------------
 # 2. Forged files
 
-def test_t02_own_mount_namespace_over_run_cgnetns(henv, world):
-    """As nobody in its own user+mount namespace, with its own /run/cgnetns
-    (a pin of its choosing) and its own allow list: no privilege there, the
-    probe runs in the attacker's namespace."""
+def test_t02_own_mount_namespace_over_run_cgnetns(henv, world, builds):
+    """As nobody in its own user+mount namespace, with its own pins directory
+    (a pin of its choosing) and its own allow list mounted over the real
+    ones: no privilege there, the probe runs in the attacker's namespace.
+    (Private variant: no broker socket, so the no-privilege path is the
+    same whether or not a cgnetnsd runs on the host.)"""
+    b = builds(name="mnt", pins=henv.private_pins)
     attacker = henv.attacker_dir()
     report = henv.out_path()
+    run_dir = os.path.dirname(henv.private_pins)
     script = (
-        'set -e; mount -t tmpfs none /run/cgnetns; mkdir -p /run/cgnetns/pins; '
-        'touch /run/cgnetns/pins/%(id)s; mount --bind %(ns)s /run/cgnetns/pins/%(id)s; '
-        'printf "%(probe)s\\n" > %(a)s/allow; mount --bind %(a)s/allow /etc/cgnetns/allow; '
-        'exec "$@"' % {"id": world.a.id, "ns": "/proc/self/ns/net", "probe": henv.probe,
-                       "a": attacker})
-    r = world.a.run(["/bin/sh", "-c", script, "sh", henv.installed, "probe", "report", report,
-                     "--connect=%d" % world.port],
-                    netns=world.private.path, pre=["unshare", "-Urm", "--"])
+        'set -e; mount -t tmpfs none %(run)s; mkdir -p %(run)s/pins; '
+        'touch %(run)s/pins/%(id)s; mount --bind %(ns)s %(run)s/pins/%(id)s; '
+        'printf "%(probe)s\\n" > %(a)s/allow; mount --bind %(a)s/allow %(allow)s; '
+        'exec "$@"' % {"id": b.id, "ns": "/proc/self/ns/net", "probe": henv.probe,
+                       "a": attacker, "run": run_dir, "allow": henv.private_allow})
+    r = b.run(["/bin/sh", "-c", script, "sh", henv.variants["musl"], "probe", "report", report,
+               "--connect=%d" % world.port],
+              netns=world.private.path, pre=["unshare", "-Urm", "--"])
     assert r.returncode == 0, r.stderr
     assert NOTICE in hs.one_line(r.stderr)
     hs.assert_not_joined(hs.read_report(report), world.private, world.private_token,
@@ -341,12 +345,13 @@ def test_t05_cgroup_namespace_path_confusion(henv, world, builds, netns, servers
     hs.assert_not_run(report)
 
 
-def test_t05_user_namespace(henv, world):
+def test_t05_user_namespace(henv, world, builds):
     """In its own user namespace the set-user-ID bit gives nothing: no join,
-    one line saying so."""
+    one line saying so (private variant: no broker)."""
+    b = builds(name="userns", pins=henv.private_pins)
     report = henv.out_path()
-    r = world.a.run(world.probe_argv(report), netns=world.private.path,
-                    pre=["unshare", "-Ur", "--"])
+    r = b.run(world.probe_argv(report, henv.variants["musl"]), netns=world.private.path,
+              pre=["unshare", "-Ur", "--"])
     assert r.returncode == 0, r.stderr
     assert NOTICE in hs.one_line(r.stderr)
     hs.assert_not_joined(hs.read_report(report), world.private, world.private_token,
@@ -848,7 +853,7 @@ def _nosuid_copy(henv):
         hs.sh(["mount", "-t", "tmpfs", "-o", "nosuid,mode=0755", "cgnetns-test", d])
     p = os.path.join(d, "cgnetns-exec")
     if not os.path.exists(p):
-        shutil.copy(henv.installed, p)
+        shutil.copy(henv.variants["musl"], p)
         os.chmod(p, 0o4755)
     return p
 
@@ -858,38 +863,43 @@ def _not_setuid_copy(henv):
     p = os.path.join(d, "cgnetns-exec")
     if not os.path.exists(p):
         os.makedirs(d, exist_ok=True)
-        shutil.copy(henv.installed, p)
+        shutil.copy(henv.variants["musl"], p)
         os.chmod(p, 0o755)
     return p
 
 
-@pytest.mark.parametrize("case", ["no_new_privs", "nosuid-mount", "ptrace", "user-namespace",
-                                  "not-setuid", "securebit-noroot"])
-def test_t13_no_privilege_no_join(henv, world, case):
-    if case == "securebit-noroot" and shutil.which("capsh") is None:
-        # setpriv can set it as root before dropping to nobody
-        pass
-    helper = henv.installed
-    kw = {}
-    pre = []
+NO_PRIVILEGE = ["no_new_privs", "nosuid-mount", "ptrace", "user-namespace", "not-setuid",
+                "securebit-noroot"]
+
+
+def _no_privilege_run(henv, world, build, helper, case, report):
+    kw, pre = {}, []
     if case == "no_new_privs":
         kw["nnp"] = True
-    elif case == "nosuid-mount":
-        helper = _nosuid_copy(henv)
     elif case == "ptrace":
         pre = ["strace", "-f", "-qq", "-o", "/dev/null", "--"]
     elif case == "user-namespace":
         pre = ["unshare", "-Ur", "--"]
+    argv = world.probe_argv(report, helper, "--try-root")
+    if case == "securebit-noroot":
+        return build.run(["setpriv", "--securebits=+noroot,+noroot_locked", "--reuid=65534",
+                          "--regid=65534", "--clear-groups", "--"] + argv,
+                         netns=world.private.path, user=None)
+    return build.run(argv, netns=world.private.path, pre=pre, **kw)
+
+
+@pytest.mark.parametrize("case", NO_PRIVILEGE)
+def test_t13_no_privilege_no_join(henv, world, builds, case):
+    """Private variant (its broker socket has no listener): no privilege is
+    gained, nothing is joined, one line says why."""
+    b = builds(name="np", pins=henv.private_pins)
+    helper = henv.variants["musl"]
+    if case == "nosuid-mount":
+        helper = _nosuid_copy(henv)
     elif case == "not-setuid":
         helper = _not_setuid_copy(henv)
     report = henv.out_path()
-    argv = world.probe_argv(report, helper, "--try-root")
-    if case == "securebit-noroot":
-        r = world.a.run(["setpriv", "--securebits=+noroot,+noroot_locked", "--reuid=65534",
-                         "--regid=65534", "--clear-groups", "--"] + argv,
-                        netns=world.private.path, user=None)
-    else:
-        r = world.a.run(argv, netns=world.private.path, pre=pre, **kw)
+    r = _no_privilege_run(henv, world, b, helper, case, report)
     assert r.returncode == 0, r.stderr
     assert NOTICE in hs.one_line(r.stderr)
     got = hs.read_report(report)
@@ -898,6 +908,27 @@ def test_t13_no_privilege_no_join(henv, world, case):
     if case != "user-namespace":
         assert got["uids"] == [hs.NOBODY] * 3
         assert set(got["regain"].values()) == {1}
+
+
+@pytest.mark.parametrize("case", ["no_new_privs", "ptrace", "securebit-noroot"])
+def test_t13_installed_no_privilege_gains_nothing(henv, world, case):
+    """The installed helper, whether or not a broker (cgnetnsd) runs here:
+    either the broker path joined A's namespace for the caller, with the
+    caller's ids and no capability, or nothing was joined and one line says
+    so.  Never another namespace, never privilege."""
+    report = henv.out_path()
+    r = _no_privilege_run(henv, world, world.a, henv.installed, case, report)
+    assert r.returncode == 0, r.stderr
+    got = hs.read_report(report)
+    assert got is not None
+    assert got["uids"] == [hs.NOBODY] * 3 and got["gids"] == [hs.NOGROUP] * 3
+    assert got["status"]["CapEff"] == got["status"]["CapPrm"] == "0000000000000000"
+    assert set(got["regain"].values()) == {1}
+    if got["connect"] == {"token": world.parent_token}:
+        hs.assert_joined(got, world.host_ns, world.parent_token)
+    else:
+        assert NOTICE in hs.one_line(r.stderr)
+        hs.assert_not_joined(got, world.private, world.private_token)
 
 
 # ---------------------------------------------------------------------------
