@@ -271,6 +271,12 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        # killed (a test does that): the socket file stays; remove it when
+        # no broker holds the lock and nothing listens there
+        if (os.path.exists(self.socket_path) and not lock_busy()
+                and not self._can_connect()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
 
 
 def system_broker_running():

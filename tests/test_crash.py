@@ -250,3 +250,134 @@ def test_approved_namespace_outlives_its_last_process(scene):
     p.stderr.close()
     gc()
     assert_restored(scene, [ino])
+
+
+def _own_system_broker(scene):
+    """Start our own cgnetnsd on the system socket (the one the helper's client
+    knows), or skip when another one serves it."""
+    deadline = time.monotonic() + 30
+    while common.system_broker_running() or common.lock_busy():
+        if time.monotonic() > deadline:
+            pytest.skip("another cgnetnsd serves %s" % common.SOCKET)
+        time.sleep(0.5)
+    return common.Daemon(scene.cl, log=os.path.join(scene.tdir, "cgnetnsd-%s.log"
+                                                    % secrets.token_hex(3)))
+
+
+def _client_build(scene, tag, program):
+    """A build whose user, on a line from us, runs PROGRAM through the broker
+    path (no_new_privs) and prints the client's exit status and its duration."""
+    _, ns = common.add_netns(scene.cl, "cgcrash-brk")
+    script = ('echo ready; read x; s=$(date +%s%N); setpriv --no-new-privs -- "$@"; rc=$?; '
+              'echo "rc=$rc ms=$(( ($(date +%s%N) - s) / 1000000 ))"; read y')
+    p = subprocess.Popen(["nsenter", "--net=" + ns, "--"] + RUN
+                         + ["--unshare-net", "--user", "nobody", "--name", scene.prefix + tag,
+                            "--", "/bin/sh", "-c", script, "sh", HELPER] + program,
+                         env=repo_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    scene.cl.add(_end, p)
+    assert p.stdout.readline() == b"ready\n", p.stderr.read()
+    return p, common.ns_ino(ns)
+
+
+def _end(p):
+    if p.poll() is None:
+        try:
+            p.stdin.close()
+        except OSError:
+            pass
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    p.stdout.close()
+    p.stderr.close()
+
+
+def _exact(argv):
+    want = b"".join(os.fsencode(a) + b"\0" for a in argv)
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if f.read() == want:
+                        found.append(int(d))
+            except OSError:
+                pass
+    return found
+
+
+def _client_result(p, timeout=20):
+    import select
+    r, _, _ = select.select([p.stdout], [], [], timeout)
+    assert r, "the client hangs: no exit within %ds of the broker's death" % timeout
+    line = p.stdout.readline().decode().split()
+    return dict(kv.split("=") for kv in line)
+
+
+def test_broker_killed_mid_request(scene):
+    """Decided behaviour: when the broker dies, the client exits promptly with 125
+    and one line ("the broker closed the connection without an answer"), never
+    hangs; a program the broker had already started stays inside the build's
+    cgroup (it joined it) and goes with the build's teardown."""
+    daemon = _own_system_broker(scene)
+    p, ino = _client_build(scene, "brk", [PROBE, "/proc/self/ns/net"])
+    # the broker path must work at all, else there is nothing to kill mid-request
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    first = p.stdout.readline().decode().strip()
+    if first != "net:[%d]" % ino:
+        p.stdin.write(b"end\n")
+        p.stdin.flush()
+        pytest.skip("the installed cgnetns-exec does not reach the broker: %r" % first)
+    assert _client_result(p)["rc"] == "0"
+    p.stdin.write(b"end\n")
+    p.stdin.flush()
+    assert p.wait(30) == 0
+
+    # 1: before any answer (the broker stopped, then killed)
+    p, ino = _client_build(scene, "brk", [PROBE, "/proc/self/ns/net"])
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        time.sleep(0.5)   # the client connects (backlog) and sends its request
+    finally:
+        os.kill(daemon.pid, signal.SIGKILL)
+        os.kill(daemon.pid, signal.SIGCONT) if daemon.alive() else None
+    res = _client_result(p)
+    assert res["rc"] == "125", res
+    p.stdin.write(b"end\n")
+    p.stdin.flush()
+    p.wait(30)
+    err = p.stderr.read()
+    assert b"cgnetns-exec: the broker closed the connection without an answer" in err, err
+    daemon.proc.wait(10)
+    daemon.stop()
+
+    # 2: after "start": the program runs when the broker dies
+    daemon = _own_system_broker(scene)
+    marker = "4242.%s" % secrets.randbelow(10 ** 6)
+    p, ino = _client_build(scene, "brk2", ["/usr/bin/sleep", marker])
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    deadline = time.monotonic() + 20
+    while not _exact(["/usr/bin/sleep", marker]):
+        assert time.monotonic() < deadline, "the program never started"
+        time.sleep(0.05)
+    (prog,) = _exact(["/usr/bin/sleep", marker])
+    assert os.readlink("/proc/%d/ns/net" % prog) == "net:[%d]" % ino
+    with open("/proc/%d/cgroup" % prog) as f:
+        assert scene.prefix + "brk2-" in f.read()
+    os.kill(daemon.pid, signal.SIGKILL)
+    res = _client_result(p)
+    assert res["rc"] == "125" and int(res["ms"]) < 10000, res
+    daemon.proc.wait(10)
+    daemon.stop()
+    p.stdin.write(b"end\n")
+    p.stdin.flush()
+    assert p.wait(30) == 0
+    assert _exact(["/usr/bin/sleep", marker]) == []   # teardown took it
+    assert_restored(scene, [ino])
