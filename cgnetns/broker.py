@@ -188,6 +188,15 @@ class Broker:
             self._activated = True
             for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
                 os.environ.pop(k, None)
+            # Any process may ask (the kernel says who it is): the socket is
+            # 0666 as cgnetnsd.socket's SocketMode= says; a plain activator
+            # (systemd-socket-activate) makes it 0644, which shuts out builds.
+            name = self.listener.getsockname()
+            if isinstance(name, str) and name.startswith("/"):
+                try:
+                    os.chmod(name, 0o666)
+                except OSError as e:
+                    self.log("cannot make %s mode 0666: %s" % (name, e))
         else:
             d = os.path.dirname(self.socket_path)
             os.makedirs(d, mode=0o755, exist_ok=True)

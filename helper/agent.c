@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -139,6 +140,40 @@ static void read_peer(int proc_fd, struct peer *pe)
 	pe->capprm = hex_field(status_buf, "CapPrm:");
 	pe->capeff = hex_field(status_buf, "CapEff:");
 	pe->capinh = hex_field(status_buf, "CapInh:");
+}
+
+static void take_limits(int proc_fd)
+{
+	char buf[4096];
+	int fd = openat(proc_fd, "limits", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die_with_error(EXIT_REFUSE, "cannot open the peer's limits");
+	ssize_t n = read_full(fd, buf, sizeof buf - 1);
+	close_quietly(fd);
+	if (n < 0 || (size_t)n >= sizeof buf - 1)
+		die(EXIT_REFUSE, "cannot read the peer's limits");
+	buf[n] = '\0';
+	char *line = strchr(buf, '\n'); /* skip the header */
+	for (int res = 0; line && res < RLIM_NLIMITS; res++) {
+		line++;
+		char soft[24], hard[24];
+		if (strlen(line) < 26 || sscanf(line + 26, "%23s %23s", soft, hard) != 2)
+			break;
+		struct rlimit rl;
+		rl.rlim_cur = strcmp(soft, "unlimited") ? strtoull(soft, NULL, 10) : RLIM_INFINITY;
+		rl.rlim_max = strcmp(hard, "unlimited") ? strtoull(hard, NULL, 10) : RLIM_INFINITY;
+		if (setrlimit(res, &rl) < 0) {
+			struct rlimit own;
+			if (getrlimit(res, &own) == 0) {
+				if (rl.rlim_max > own.rlim_max)
+					rl.rlim_max = own.rlim_max;
+				if (rl.rlim_cur > rl.rlim_max)
+					rl.rlim_cur = rl.rlim_max;
+				setrlimit(res, &rl);
+			}
+		}
+		line = strchr(line, '\n');
+	}
 }
 
 /* The pid of the pidfd's process in this pid namespace (-1: it has exited). */
@@ -301,6 +336,11 @@ void agent_main(int argc, char **argv)
 	struct stat rst, own_rst;
 	if (fstat(root_fd, &rst) < 0 || stat("/", &own_rst) < 0)
 		die_with_error(EXIT_REFUSE, "cannot stat the root directories");
+	/* Its resource limits, from /proc/PID/limits (one line per resource,
+	 * in RLIMIT_* order).  Lowering always works; a limit above the
+	 * broker's own hard limit cannot be raised without CAP_SYS_RESOURCE:
+	 * the program then gets the lower one (never more than the peer). */
+	take_limits(s.proc_fd);
 	/* A "#!" script is run by its path (exec.c); the path was checked here,
 	 * in this mount namespace and root: only there does it name the same. */
 	exec_path_fallback = same_file(&st, &st2) && same_file(&rst, &own_rst);
