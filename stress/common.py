@@ -206,19 +206,12 @@ def cgnetns_state(prefix):
 
 class Daemon:
     """A real cgnetnsd.  socket=None: the system socket (the helper's compiled-in
-    path); otherwise a private one.  A private daemon runs in a mount namespace
-    of its own where its lock file is a private file, so that it never competes
-    with a system broker for /run/cgnetns/cgnetnsd.lock."""
+    path); otherwise a private one (its lock is PATH.lock, so it never competes
+    with a system broker)."""
 
     def __init__(self, cleanup, socket_path=None, tdir=None, extra=(), log=None):
         self.socket_path = socket_path or SOCKET
         cmd = DAEMON + ["--socket", self.socket_path, "--helper", HELPER] + list(extra)
-        if socket_path is not None:
-            lock = os.path.join(tdir, "cgnetnsd.lock")
-            open(lock, "w").close()
-            cmd = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c",
-                   'mount --bind "$0" /run/cgnetns/cgnetnsd.lock || exit 98; exec "$@"',
-                   lock] + cmd
         self.log = open(log or os.devnull, "wb")
         self.proc = subprocess.Popen(cmd, env=repo_env(), stdout=self.log,
                                      stderr=self.log, stdin=subprocess.DEVNULL)
