@@ -16,6 +16,7 @@ import resource
 import signal
 import sys
 import time
+import traceback
 
 from .common import (BenchError, Cleanup, Row, Session, busy_processes, cpu_seconds,
                      machine_load, render_rst, render_text)
@@ -103,8 +104,10 @@ def main(argv=None):
                 t0 = time.monotonic()
                 try:
                     mod.run(sess)
-                except BenchError as e:
+                except Exception as e:  # one part's failure is its own row
                     failed = True
+                    if not isinstance(e, BenchError):
+                        traceback.print_exc()
                     sess.add(Row(mod.PART, "part %s could not run" % name, na="failed"))
                     sess.note("part %s: %s" % (name, e))
                     sess.log("part %s failed: %s" % (name, e))

@@ -16,7 +16,9 @@ fallback off: every object is compiled remotely, which distccd's log proves
 
 The figure is make's own wall time, measured inside the build by spawnloop
 (so cgnetns-run's start-up, which part 5 measures, is not in it); the whole
-command's time, start-up and teardown included, is in a second row.
+command's time, start-up and teardown included, is in a second row.  Then
+one file is compiled at a time, in loops, the same three ways: the cost per
+distcc call without make's parallelism around it.
 """
 
 import os
@@ -28,7 +30,7 @@ from cgnetns.topology import Topology, TopologyError
 
 from .common import (HELPER, READLINK, BUILD_USER, BenchError, BrokerProcess, Cleanup, Row,
                      allow_listed, check_broker, check_join, child_env, command, communicate,
-                     median, new_build, start_in_build, start_outside)
+                     loop, median, new_build, start_in_build, start_outside)
 
 PART = 4
 NAME = "distcc"
@@ -78,6 +80,7 @@ def clean_objects(path):
 
 def run(sess):
     reps = sess.pick(5, 2)
+    n_one = sess.pick(8, 4)
     with Cleanup() as stack:
         stack.enter_context(allow_listed([DISTCC, READLINK]))
         work = tempfile.mkdtemp(prefix="cgnetns-bench-distcc.")
@@ -110,14 +113,14 @@ def run(sess):
             broker_why = check_broker(probe_start)
         probe_build.close()
 
-        loop = [sess.tool("spawnloop"), "-n", "1", "-w", "0", "--"]
+        timed = [sess.tool("spawnloop"), "-n", "1", "-w", "0", "--"]
         make = ["/usr/bin/make", "-C", src, "-j%d" % JOBS]
         run_cmd = command("cgnetns-run") + ["--unshare-net", "--user", BUILD_USER, "--"]
-        variants = {"direct": (False, loop + make + ["CC=distcc gcc"])}
+        variants = {"direct": (False, timed + make + ["CC=distcc gcc"])}
         if join_why is None:
-            variants["setuid"] = (True, run_cmd + loop + make + ["CC=%s distcc gcc" % HELPER])
+            variants["setuid"] = (True, run_cmd + timed + make + ["CC=%s distcc gcc" % HELPER])
         if broker_why is None:
-            variants["broker"] = (True, run_cmd + ["/usr/bin/setpriv", "--no-new-privs"] + loop
+            variants["broker"] = (True, run_cmd + ["/usr/bin/setpriv", "--no-new-privs"] + timed
                                   + make + ["CC=%s distcc gcc" % HELPER])
 
         def build(name):
@@ -153,6 +156,35 @@ def run(sess):
                 sess.log("distcc: round %d/%d: %s" % (r + 1, reps, name))
                 got[name].append(build(name))
 
+        # One compile at a time: the cost per distcc call, without make's
+        # parallelism around it.
+        one = os.path.join(work, "one")
+        os.mkdir(one)
+        os.chown(one, uid, gid)
+        ddir = tempfile.mkdtemp(prefix="distcc.", dir=work)
+        os.chown(ddir, uid, gid)
+        env = child_env(**topo.distcc_env(ddir))
+        cb = new_build(stack, "bench-distcc-compile")
+        compile_argv = ["distcc", "gcc", "-O2", "-c", os.path.join(src, "u000.c"),
+                        "-o", os.path.join(one, "u000.o")]
+        places = {"direct": (lambda a: start_outside(a, user=BUILD_USER, env=env),
+                             ["/usr/bin/distcc"] + compile_argv[1:], False)}
+        if join_why is None:
+            places["setuid"] = (lambda a: start_in_build(cb.cgroup_path, a, user=BUILD_USER,
+                                                         env=env), [HELPER] + compile_argv, False)
+        if broker_why is None:
+            places["broker"] = (places["setuid"][0], [HELPER] + compile_argv, True)
+        per_call = {k: [] for k in places}
+        before = topo.count_compile_ok()
+        for r in range(reps):
+            for name, (start, argv, nnp) in places.items():
+                per_call[name] += loop(sess, start, argv, n_one, warm=1, nnp=nnp,
+                                       what="distcc compile (%s)" % name)
+        remote = topo.count_compile_ok() - before
+        expect = sum(len(v) for v in per_call.values()) + reps * len(places)  # with warm-ups
+        if remote != expect:
+            raise BenchError("single compiles: %d of %d compiled remotely" % (remote, expect))
+
     make_t = {k: median([x[0] for x in v]) for k, v in got.items()}
     whole_t = {k: median([x[1] for x in v]) for k, v in got.items()}
     what = "distcc build, %d files, make -j%d: " % (NFILES, JOBS)
@@ -172,6 +204,15 @@ def run(sess):
             rows.append(Row(PART, "  the same, whole command (cgnetns-run start-up and teardown "
                                   "included), %s" % key, whole_t[key], unit="s", n=reps,
                             baseline="direct", baseline_value=whole_t["direct"]))
-    sess.note("distcc: every build compiled all %d objects on the remote distccd (COMPILE_OK "
-              "lines counted after each build)." % NFILES)
+    one_t = {k: median([x[0] for x in v]) * 1e3 for k, v in per_call.items()}
+    rows.append(Row(PART, "one distcc compile at a time: direct", one_t["direct"],
+                    n=len(per_call["direct"])))
+    for key, label in (("setuid", "through cgnetns-exec (set-user-ID)"),
+                       ("broker", "through cgnetns-exec and cgnetnsd (nnp)")):
+        if key in one_t:
+            rows.append(Row(PART, "one distcc compile at a time: " + label, one_t[key],
+                            n=len(per_call[key]), baseline="direct",
+                            baseline_value=one_t["direct"]))
+    sess.note("distcc: every build compiled all %d objects on the remote distccd, and every "
+              "single compile ran there too (COMPILE_OK lines counted)." % NFILES)
     sess.add(*rows)
