@@ -255,7 +255,7 @@ def test_approved_namespace_outlives_its_last_process(scene):
 def _own_system_broker(scene):
     """Start our own cgnetnsd on the system socket (the one the helper's client
     knows), or skip when another one serves it."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 10
     while common.system_broker_running() or common.lock_busy():
         if time.monotonic() > deadline:
             pytest.skip("another cgnetnsd serves %s" % common.SOCKET)
