@@ -89,7 +89,7 @@ class Row:
 def fmt(value, unit):
     if value is None:
         return "-"
-    if unit in ("KiB", "MiB/s", "calls"):
+    if unit in ("KiB", "MiB/s"):
         return "%d %s" % (round(value), unit)
     if abs(value) >= 100:
         s = "%.1f" % value
@@ -175,18 +175,29 @@ def new_build(stack, name):
     return b
 
 
-def kill_wait(proc, sig=signal.SIGKILL, timeout=10):
-    """End a child we started, by its PID, and reap it."""
-    if proc.poll() is None:
+def kill_wait(proc, timeout=10):
+    """End a child we started, by its PID (and its process group, when it
+    leads one of its own), and reap it: SIGTERM first, so that a cgnetns-run
+    tears its build down, then SIGKILL."""
+    group = getattr(proc, "bench_group", False)
+
+    def send(sig):
         try:
-            os.kill(proc.pid, sig)
+            if group:
+                os.killpg(proc.pid, sig)
+            elif proc.poll() is None:
+                os.kill(proc.pid, sig)
         except ProcessLookupError:
             pass
+
+    if proc.poll() is None:
+        send(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+    send(signal.SIGKILL)
+    proc.wait()
 
 
 def communicate(proc, timeout=600, what="command"):
@@ -363,10 +374,6 @@ def _compile(argv):
 
 # -- starting things in places ------------------------------------------------
 
-def ids_of(user):
-    return None if user is None else cgbuild.resolve_user(user)
-
-
 def start_outside(argv, user=None, env=None, **kw):
     """ARGV in the current (parent) network namespace and cgroup."""
     kw.setdefault("stdout", subprocess.PIPE)
@@ -375,8 +382,12 @@ def start_outside(argv, user=None, env=None, **kw):
     if user is not None:
         uid, gid, groups = cgbuild.resolve_user(user)
         kw.update(user=uid, group=gid, extra_groups=groups)
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env or child_env(), cwd="/",
-                            **kw)
+    # A process group of its own: if we are interrupted, whatever it started
+    # (make, distcc, ...) is ended with it (kill_wait).
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env or child_env(), cwd="/",
+                            start_new_session=True, **kw)
+    proc.bench_group = True
+    return proc
 
 
 def start_in_build(cgroup_path, argv, user=None, unshare_net=True, env=None, **kw):
@@ -388,7 +399,8 @@ def start_in_build(cgroup_path, argv, user=None, unshare_net=True, env=None, **k
     ALLOW.ensure()
     if unshare_net:
         import pyroute2  # noqa: F401 -- imported before fork, as Build.spawn does
-    setup = cgbuild.ChildSetup(cgroup_path, unshare_net, ids_of(user))
+    ids = None if user is None else cgbuild.resolve_user(user)
+    setup = cgbuild.ChildSetup(cgroup_path, unshare_net, ids)
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env or child_env(), cwd="/",
                             preexec_fn=setup, **kw)
 
@@ -469,10 +481,6 @@ def interleaved(sess, places, n, rounds, warm=3):
 
 def ms(samples):
     return median([s[0] for s in samples]) * 1e3
-
-
-def rss(samples):
-    return median([s[2] for s in samples])
 
 
 def machine_load():
@@ -650,4 +658,4 @@ class BrokerProcess:
 
     def stop(self):
         if self.proc is not None:
-            kill_wait(self.proc, signal.SIGTERM, timeout=5)
+            kill_wait(self.proc, timeout=5)

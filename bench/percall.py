@@ -1,18 +1,21 @@
 """Part 1 (helper): what one cgnetns-exec call costs, and its peak memory.
 
 Every figure is the per-call time of a loop of calls made by one spawnloop
-process (bench/spawnloop.c), so that process start-up is inside the figure:
+process (bench/spawnloop.c), so that process start-up is inside the figure.
+Two spawnloop drivers run as root, one outside any build and one in a build
+made with cgnetns.build.Build, in a new network namespace (lo only); each
+calls its commands in turn, call by call, each as root or as the build user:
 
-* join path: spawnloop runs as the build user in a build made with
-  cgnetns.build.Build, in a new network namespace (lo only), and calls
-  ``cgnetns-exec true``: the helper resolves the build, joins the parent
-  namespace, drops privilege and executes true;
-* pass-through: the same call as the build user outside any build;
-* the alternatives, as root from the same place: ``nsenter --net=PIN true``
-  (PIN: the build's own pin) and ``ip netns exec NS true``;
-* broker path: the join path under ``setpriv --no-new-privs``, where the
-  helper gains nothing from its set-user-ID bit and must ask cgnetnsd;
-* baselines: true run directly from each place.
+* join path (in the build, as the build user): ``cgnetns-exec true``
+  resolves the build, joins the parent namespace, drops privilege and
+  executes true;
+* pass-through (outside, as the build user): the same call;
+* broker path (in the build, as the build user with no_new_privs, which
+  ``setpriv --no-new-privs`` sets): the helper gains nothing from its
+  set-user-ID bit and asks cgnetnsd;
+* the alternatives (in the build, as root): ``nsenter --net=PIN true`` (PIN:
+  the build's own pin) and ``ip netns exec NS true``;
+* baselines: true itself, from each place, as each user.
 
 Peak RSS: the exact resident set of the helper just before it executes its
 program (bench/rssprobe.c; ru_maxrss is too coarse for a static program on
@@ -25,7 +28,7 @@ import sys
 
 from .common import (HELPER, READLINK, TRUE, BUILD_USER, BrokerProcess, Cleanup, Row, allow_listed,
                      check_broker, check_join, interleaved, ms, new_build, peak_rss, start_in_build,
-                     start_outside, child_env)
+                     signals_held, start_outside, child_env)
 
 PART = 1
 NAME = "helper"
@@ -39,11 +42,9 @@ def run(sess):
         stack.enter_context(allow_listed([TRUE, READLINK, noop]))
         b = new_build(stack, "bench-helper")
         netns = "cgnb-%s" % os.urandom(4).hex()
-        subprocess.run(["ip", "netns", "add", netns], check=True, env=child_env())
-        stack.callback(subprocess.run, ["ip", "netns", "del", netns], env=child_env())
-
-        def outside(argv):
-            return start_outside(argv, user=BUILD_USER)
+        with signals_held():
+            subprocess.run(["ip", "netns", "add", netns], check=True, env=child_env())
+            stack.callback(subprocess.run, ["ip", "netns", "del", netns], env=child_env())
 
         def inside(argv):
             return start_in_build(b.cgroup_path, argv, user=BUILD_USER)
@@ -60,28 +61,28 @@ def run(sess):
         if broker_why is None:
             broker_why = check_broker(inside)
 
-        # Each place runs true and the figures measured there in turn, call by
-        # call; the places take turns round by round.
-        helper_true = [HELPER, TRUE]
-        places = {
-            "outside": (outside, [[TRUE]] + ([helper_true] if join_why is None else []), {}),
-            "inside": (inside, [[TRUE]] + ([helper_true] if join_why is None else []), {}),
-            "root": (inside_root, [[TRUE], ["/usr/bin/nsenter", "--net=" + b.pin_path, TRUE],
-                                   ["/usr/sbin/ip", "netns", "exec", netns, TRUE]], {}),
-        }
-        if broker_why is None:
-            places["nnp"] = (inside, [[TRUE], helper_true], {"nnp": True})
-        sess.log("helper: %d places x %d rounds x %d calls" % (len(places), rounds, n))
-        res = interleaved(sess, places, n, rounds)
-        got = {"true-out": res["outside"][0], "true-in": res["inside"][0],
-               "true-root": res["root"][0], "nsenter": res["root"][1],
-               "ipnetns": res["root"][2]}
+        # Two drivers (spawnloop, as root), one outside any build and one in
+        # the build's netns; each calls its commands in turn, call by call, as
+        # root or as the build user ("@uid:gid"), so that every ratio below
+        # compares calls made side by side.  The drivers take turns by round.
+        uid, gid = sess.nobody.pw_uid, sess.nobody.pw_gid
+        user = "@%d:%d" % (uid, gid)
+        outside_cmds = {"true-out": [user, TRUE]}
+        inside_cmds = {"true-in": [user, TRUE], "true-root": [TRUE],
+                       "nsenter": ["/usr/bin/nsenter", "--net=" + b.pin_path, TRUE],
+                       "ipnetns": ["/usr/sbin/ip", "netns", "exec", netns, TRUE]}
         if join_why is None:
-            got["pass"] = res["outside"][1]
-            got["join"] = res["inside"][1]
+            outside_cmds["pass"] = [user, HELPER, TRUE]
+            inside_cmds["join"] = [user, HELPER, TRUE]
         if broker_why is None:
-            got["true-nnp"] = res["nnp"][0]
-            got["broker"] = res["nnp"][1]
+            inside_cmds["broker"] = [user + ":nnp", HELPER, TRUE]
+        places = {"outside": (start_outside, list(outside_cmds.values()), {}),
+                  "inside": (inside_root, list(inside_cmds.values()), {})}
+        sess.log("helper: %d commands x %d rounds x %d calls" % (
+            len(outside_cmds) + len(inside_cmds), rounds, n))
+        res = interleaved(sess, places, n, rounds)
+        got = dict(zip(outside_cmds, res["outside"]))
+        got.update(zip(inside_cmds, res["inside"]))
 
         # Peak RSS: a few calls each are enough (the figure does not vary).
         rss_n = 10
@@ -123,14 +124,18 @@ def run(sess):
         sess.note("join path: %.3f ms per call, %.3f ms more than true run directly from the "
                   "same place; nsenter --net adds %.3f ms." % (
                       t["join"], t["join"] - t["true-in"], t["nsenter"] - t["true-root"]))
+    sess.note("helper: the rows run as the build user include the driver's switch to that "
+              "user in each child (setgroups, setresgid, setresuid before exec: true as the "
+              "build user %.3f ms, as root %.3f ms); the join-path ratio to nsenter (run as "
+              "root) is therefore on the conservative side." % (t["true-in"], t["true-root"]))
     else:
         rows.append(Row(PART, "cgnetns-exec true, join path (set-user-ID)", na="n/a",
                         target="<= 0.60x"))
         sess.note("helper rows not measured: %s" % join_why)
     if broker_why is None:
-        added = t["broker"] - t["true-nnp"]
+        added = t["broker"] - t["true-in"]
         rows.append(Row(PART, "cgnetns-exec true, broker path (no_new_privs)", t["broker"],
-                        n=cnt["broker"], baseline="true in build", baseline_value=t["true-nnp"],
+                        n=cnt["broker"], baseline="true in build", baseline_value=t["true-in"],
                         target="< +2 ms", met=added < 2.0))
         sess.note("broker path: %.3f ms added per call over true (%.3f ms over the set-user-ID "
                   "join path)." % (added, t["broker"] - t.get("join", float("nan"))))

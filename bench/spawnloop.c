@@ -1,24 +1,33 @@
-/* spawnloop: start PROGRAM N times from one process and time each call.
+/* spawnloop: start commands N times each from one process and time each call.
  *
- *   spawnloop [-n N] [-w WARMUP] [-m spawn|fork] [-P] -- PROGRAM [ARG...] [::: PROGRAM [ARG...]]...
+ *   spawnloop [-n N] [-w WARMUP] [-P] -- COMMAND [::: COMMAND]...
+ *   COMMAND:  [@UID:GID[:nnp]] PROGRAM [ARG...]
  *
  * Each call is the whole life of one child as its parent sees it: from just
- * before posix_spawn(3) (or fork+execve) until wait4(2) returns, so process
- * start-up, dynamic linking, the program's work and its exit are all inside
- * the figure.  The child inherits the environment, stdin and stderr; its
- * stdout goes to /dev/null.  PROGRAM is an absolute path (no PATH search).
+ * before it is started until wait4(2) returns, so process start-up, dynamic
+ * linking, the program's work and its exit are all inside the figure.  The
+ * child inherits the environment, stdin and stderr; its stdout goes to
+ * /dev/null.  PROGRAM is an absolute path (no PATH search).
  *
  * Several commands, separated by ":::", are called in turn (call i runs
  * command i mod K), N calls each: neighbouring calls of different commands
  * see the same machine, so a comparison between them is not skewed by
  * whatever else the machine does meanwhile.
  *
+ * A command may start with @UID:GID: its child takes those ids (and no
+ * supplementary groups) before it executes PROGRAM, and with ":nnp" also
+ * sets no_new_privs -- so that one driver running as root can time a
+ * program as root and the set-user-ID helper as an unprivileged user side
+ * by side.  Children are started with posix_spawn(3); with any @ prefix,
+ * with vfork(2) and the raw system calls instead (what posix_spawn does
+ * inside, with the id changes added), so the cost of starting is the same.
+ *
  * Output on stdout, one line per measured call (warm-up calls are not
  * printed):   <nanoseconds> <wait status> <ru_maxrss in KiB> <command index>
  *
- * -P sets PR_SET_NO_NEW_PRIVS first (inherited by every child: a setuid
- * program then gains nothing).  Exit status: 0, or 1 when a call could not be
- * started; a child's non-zero status is reported in its line, not here.
+ * -P sets PR_SET_NO_NEW_PRIVS in spawnloop itself (inherited by every child:
+ * a set-user-ID program then gains nothing).  Exit status: 0, or 1 when a
+ * call could not be started; a child's status is reported in its line.
  *
  * Part of cgnetns' benchmarks (bench/); compiled at bench time with gcc.
  */
@@ -31,6 +40,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,6 +48,14 @@
 extern char **environ;
 
 #define MAX_CMDS 8
+
+static int use_vfork;  /* static: untouched by the vfork child's stack use */
+
+struct command {
+	char **argv;
+	long uid, gid;  /* -1: keep spawnloop's */
+	int nnp;
+};
 
 static long long now_ns(void)
 {
@@ -48,46 +66,71 @@ static long long now_ns(void)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: spawnloop [-n N] [-w WARMUP] [-m spawn|fork] [-P] -- "
-		"PROGRAM [ARG...] [::: PROGRAM [ARG...]]...\n");
+	fprintf(stderr, "usage: spawnloop [-n N] [-w WARMUP] [-P] -- "
+		"[@UID:GID[:nnp]] PROGRAM [ARG...] [::: ...]...\n");
 	exit(2);
+}
+
+/* The child of vfork: only raw system calls (it shares our memory and must
+ * not touch libc state), then exec or _exit. */
+static void vfork_child(const struct command *c, int devnull)
+{
+	syscall(SYS_dup2, devnull, 1);
+	if (c->gid >= 0 && (syscall(SYS_setgroups, 0, NULL) != 0 ||
+			    syscall(SYS_setresgid, c->gid, c->gid, c->gid) != 0))
+		syscall(SYS_exit, 124);
+	if (c->uid >= 0 && syscall(SYS_setresuid, c->uid, c->uid, c->uid) != 0)
+		syscall(SYS_exit, 124);
+	if (c->nnp && syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		syscall(SYS_exit, 124);
+	syscall(SYS_execve, c->argv[0], c->argv, environ);
+	syscall(SYS_exit, 127);
 }
 
 int main(int argc, char **argv)
 {
 	long n = 100, warm = 5;
-	int use_fork = 0, nnp = 0, opt;
+	int nnp = 0, opt;
 
-	while ((opt = getopt(argc, argv, "+n:w:m:P")) != -1) {
+	while ((opt = getopt(argc, argv, "+n:w:P")) != -1) {
 		switch (opt) {
 		case 'n': n = strtol(optarg, NULL, 10); break;
 		case 'w': warm = strtol(optarg, NULL, 10); break;
-		case 'm':
-			if (strcmp(optarg, "fork") == 0) use_fork = 1;
-			else if (strcmp(optarg, "spawn") == 0) use_fork = 0;
-			else usage();
-			break;
 		case 'P': nnp = 1; break;
 		default: usage();
 		}
 	}
 	if (optind >= argc || n < 1 || warm < 0)
 		usage();
+
 	/* Split the commands at ":::" (each becomes its own NULL-terminated argv). */
-	char **cmds[MAX_CMDS];
+	struct command cmds[MAX_CMDS];
 	int k = 0;
-	cmds[k++] = argv + optind;
+	cmds[k++].argv = argv + optind;
 	for (int i = optind; i < argc; i++) {
 		if (strcmp(argv[i], ":::") == 0) {
 			if (k == MAX_CMDS)
 				usage();
 			argv[i] = NULL;
-			cmds[k++] = argv + i + 1;
+			cmds[k++].argv = argv + i + 1;
 		}
 	}
-	for (int i = 0; i < k; i++)
-		if (!cmds[i][0])
+	for (int i = 0; i < k; i++) {
+		struct command *c = &cmds[i];
+		c->uid = c->gid = -1;
+		c->nnp = 0;
+		if (c->argv[0] && c->argv[0][0] == '@') {
+			char tail[8] = "";
+			if (sscanf(c->argv[0], "@%ld:%ld:%7s", &c->uid, &c->gid, tail) < 2 ||
+			    (tail[0] && strcmp(tail, "nnp") != 0))
+				usage();
+			c->nnp = tail[0] != 0;
+			c->argv++;
+			use_vfork = 1;
+		}
+		if (!c->argv[0])
 			usage();
+	}
 	long total = n * k;
 
 	if (nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
@@ -115,24 +158,21 @@ int main(int argc, char **argv)
 	}
 
 	for (long i = -warm * k; i < total; i++) {
-		char **cmd = cmds[(i % k + k) % k];
+		const struct command *c = &cmds[(i % k + k) % k];
 		pid_t pid;
 		long long t0 = now_ns();
-		if (use_fork) {
-			pid = fork();
-			if (pid == 0) {
-				dup2(devnull, 1);
-				execve(cmd[0], cmd, environ);
-				_exit(127);
-			}
+		if (use_vfork) {
+			pid = vfork();
+			if (pid == 0)
+				vfork_child(c, devnull);
 			if (pid < 0) {
-				perror("spawnloop: fork");
+				perror("spawnloop: vfork");
 				return 1;
 			}
 		} else {
-			int e = posix_spawn(&pid, cmd[0], &fa, NULL, cmd, environ);
+			int e = posix_spawn(&pid, c->argv[0], &fa, NULL, c->argv, environ);
 			if (e != 0) {
-				fprintf(stderr, "spawnloop: %s: %s\n", cmd[0], strerror(e));
+				fprintf(stderr, "spawnloop: %s: %s\n", c->argv[0], strerror(e));
 				return 1;
 			}
 		}
