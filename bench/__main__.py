@@ -39,6 +39,26 @@ def wait_idle(sess, seconds):
         sess.log("waiting for the machine to be idle: %s" % ", ".join(busy))
 
 
+def tree_state():
+    """Which code was measured: the checkout's commit and the installed helper."""
+    import hashlib
+    import subprocess
+    from .common import HELPER, REPO
+    try:
+        head = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                              capture_output=True, text=True).stdout.strip() or "?"
+    except OSError:
+        head = "?"
+    try:
+        with open(HELPER, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
+        helper = "%s (sha256 %s, installed %s)" % (HELPER, digest, time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(os.stat(HELPER).st_mtime)))
+    except OSError:
+        helper = "%s: not installed" % HELPER
+    return "checkout %s; helper %s" % (head, helper)
+
+
 def header(sess, started, load0, busy0, elapsed, cpu0):
     lines = [
         "cgnetns benchmarks (%s%s): %s, %d CPUs, Linux %s, Python %s" % (
@@ -49,6 +69,7 @@ def header(sess, started, load0, busy0, elapsed, cpu0):
         "load average at start %s, at end %s; run took %.0f s" % (
             load0, machine_load(), elapsed),
     ]
+    lines.append(tree_state())
     cpu1 = cpu_seconds()
     others = ((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / max(elapsed, 1e-9)
     lines.append("CPU used by other processes during the run: %.2f of %d CPUs%s" % (

@@ -91,9 +91,9 @@ def parse(out):
 
 
 def run(sess):
-    lat_n = sess.pick(200, 60)
+    lat_n = sess.pick(100, 50)
     reps = sess.pick(3, 2)
-    rounds = sess.pick(3, 1)
+    rounds = sess.pick(5, 2)
     tcp = sess.tool("tcpbench")
     with Cleanup() as stack:
         stack.enter_context(allow_listed([tcp, READLINK]))
