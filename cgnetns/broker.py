@@ -212,7 +212,7 @@ class Broker:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             s.bind(self.socket_path)
             os.chmod(self.socket_path, 0o666)  # any process may ask; the kernel says who it is
-            s.listen(128)
+            s.listen(1024)  # a burst of -j clients (or a flood) queues, not EAGAIN
             self.listener = s
         self.listener.setblocking(False)
         self.sel = selectors.DefaultSelector()
@@ -245,7 +245,11 @@ class Broker:
                 kind, conn = key.data
                 try:
                     if kind == "accept":
-                        self._accept()
+                        # Drain the backlog: a flood must not keep a real
+                        # client queued behind it in the kernel.
+                        for _ in range(64):
+                            if not self._accept():
+                                break
                     elif kind == "client":
                         self._on_client(conn)
                     elif kind == "status":
@@ -275,11 +279,12 @@ class Broker:
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
-            return
-        if len(self.conns) >= self.max_conns:
-            self.log("too many connections (%d): dropping a new one" % len(self.conns))
+            return False
+        if len(self.conns) >= self.max_conns and not self._evict_oldest_pending():
+            self.log("too many connections (%d), all running: dropping a new one"
+                     % len(self.conns))
             sock.close()
-            return
+            return True
         sock.setblocking(False)
         c = Conn(sock, time.monotonic() + self.request_timeout)
         try:
@@ -293,9 +298,22 @@ class Broker:
             if c.pidfd is not None:
                 os.close(c.pidfd)
             sock.close()
-            return
+            return True
         self.conns[sock.fileno()] = c
         self.sel.register(sock, selectors.EVENT_READ, ("client", c))
+        return True
+
+    def _evict_oldest_pending(self):
+        """Make room by dropping the connection that has waited longest without
+        completing its request.  A real client sends its whole request at once,
+        so only idle or slow connections are ever old: a flood of them cannot
+        lock well-behaved clients out for the length of the request timeout."""
+        pending = [c for c in self.conns.values() if c.agent_pid is None and not c.finished]
+        if not pending:
+            return False
+        oldest = min(pending, key=lambda c: c.deadline)
+        self._drop(oldest, "evicted: incomplete request while the broker is full")
+        return True
 
     # -- client side --------------------------------------------------------
     def _on_client(self, c):

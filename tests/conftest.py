@@ -17,6 +17,9 @@ NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 def pytest_configure(config):
+    # cgnetns-run starts a system cgnetnsd when none answers; tests that need
+    # one start their own (on a private socket or by PID) and stop it.
+    os.environ["CGNETNS_RUN_NO_BROKER"] = "1"
     if os.geteuid() != 0:
         raise pytest.UsageError("the cgnetns tests need root (they make cgroups, "
                                 "namespaces and mounts); run them with sudo")

@@ -42,6 +42,9 @@ def build_parser():
                    help="run COMMAND in a new network namespace with only lo up")
     p.add_argument("--name", metavar="NAME", default="build",
                    help="a name for the build, shown by cgnetns-show (default: build)")
+    p.add_argument("--no-broker", action="store_true",
+                   help="do not start cgnetnsd when no broker answers (builds that cannot "
+                        "use the setuid helper then run their programs without network)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version="%(prog)s " + __version__)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -64,6 +67,50 @@ def check_command(cmd):
     if os.path.isdir(path) or not os.access(path, os.X_OK):
         raise CgnetnsError("%s: not executable" % path, "chmod +x it or name another program",
                            status=EXIT_NOEXEC)
+
+
+BROKER_LOG = "/run/cgnetns/cgnetnsd.log"
+BROKER_IDLE_EXIT = 10.0
+
+
+def broker_answers(path=None):
+    """True when something accepts connections on the broker socket."""
+    import socket
+    from ..broker import SOCKET_PATH
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path or SOCKET_PATH)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def ensure_broker():
+    """Start a cgnetnsd for this host's builds when none answers.
+
+    Builds under no_new_privs (Gentoo's sandbox) reach the network only through
+    the broker.  Where no service manager runs one, cgnetns-run starts it: in
+    its own session, logging to a root-only file, and exiting by itself once
+    no connection and no live build is left (--idle-exit).  Two runs racing
+    here are harmless: the broker's lock lets one of them listen.
+    """
+    if broker_answers():
+        return
+    import subprocess
+    import time
+    log = os.open(BROKER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        subprocess.Popen([sys.executable, "-m", "cgnetns.cli.broker",
+                          "--idle-exit", str(BROKER_IDLE_EXIT)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True, close_fds=True)
+    finally:
+        os.close(log)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and not broker_answers():
+        time.sleep(0.02)
 
 
 def status_of(returncode):
@@ -113,6 +160,11 @@ def run(argv):
         except PlacementError:
             _reexec_in_scope(argv)
             raise
+        if not (args.no_broker or os.environ.get("CGNETNS_RUN_NO_BROKER") == "1"):
+            try:
+                ensure_broker()
+            except OSError as e:  # the build still runs; the helper says why
+                sys.stderr.write("%s: could not start cgnetnsd: %s\n" % (PROG, e))
         try:
             child = build.spawn(args.command, user=args.user, unshare_net=args.unshare_net,
                                 restore_signals=True)
