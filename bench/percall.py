@@ -124,10 +124,11 @@ def run(sess):
         sess.note("join path: %.3f ms per call, %.3f ms more than true run directly from the "
                   "same place; nsenter --net adds %.3f ms." % (
                       t["join"], t["join"] - t["true-in"], t["nsenter"] - t["true-root"]))
-    sess.note("helper: the rows run as the build user include the driver's switch to that "
-              "user in each child (setgroups, setresgid, setresuid before exec: true as the "
-              "build user %.3f ms, as root %.3f ms); the join-path ratio to nsenter (run as "
-              "root) is therefore on the conservative side." % (t["true-in"], t["true-root"]))
+        sess.note("helper: the rows run as the build user include the driver's switch to "
+                  "that user in each child (setgroups, setresgid, setresuid before exec: true "
+                  "as the build user %.3f ms, as root %.3f ms); the join-path ratio to nsenter "
+                  "(run as root) is therefore on the conservative side." % (
+                      t["true-in"], t["true-root"]))
     else:
         rows.append(Row(PART, "cgnetns-exec true, join path (set-user-ID)", na="n/a",
                         target="<= 0.60x"))
