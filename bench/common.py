@@ -595,27 +595,41 @@ def check_broker(start):
     return "broker probe failed (exit %d): %s" % (rc, last)
 
 
+def broker_pid():
+    """PID of the cgnetnsd answering on the broker socket, or None.
+    (SO_PEERCRED of a client's socket names the process that listens.)"""
+    import socket
+    import struct
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(BROKER_SOCKET)
+        pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                     struct.calcsize("3i")))
+        return pid
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
 class BrokerProcess:
-    """cgnetnsd started for the benchmark, stopped by its PID."""
+    """A cgnetnsd for the benchmark: one already answering on the socket (a
+    service, or one that cgnetns-run started), else one started here and
+    stopped by its PID."""
 
     def __init__(self, sess):
         self.sess = sess
         self.proc = None
+        self.foreign_pid = None
         self.log_path = os.path.join(sess.tooldir, "cgnetnsd.log")
-        self.reason = None
 
     def start(self):
-        """Start it; return None, or why it cannot run."""
-        import socket
-        if os.path.exists(BROKER_SOCKET):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(BROKER_SOCKET)
-                return "another cgnetnsd already serves %s" % BROKER_SOCKET
-            except OSError:
-                pass
-            finally:
-                s.close()
+        """Make sure one answers; return None, or why none can."""
+        self.foreign_pid = broker_pid()
+        if self.foreign_pid:
+            self.sess.note("cgnetnsd: the broker already running (pid %d) was used; its peak "
+                           "RSS covers its whole life." % self.foreign_pid)
+            return None
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(command("cgnetnsd", "CGNETNSD"), stdin=subprocess.DEVNULL,
@@ -628,14 +642,9 @@ class BrokerProcess:
             if self.proc.poll() is not None:
                 return "cgnetnsd exited with status %d: %s" % (self.proc.returncode,
                                                               self.log_tail())
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(BROKER_SOCKET)
+            if broker_pid():
                 return None
-            except OSError:
-                time.sleep(0.02)
-            finally:
-                s.close()
+            time.sleep(0.02)
         return "cgnetnsd did not listen within 10 s"
 
     def log_tail(self):
@@ -648,12 +657,15 @@ class BrokerProcess:
 
     def peak_rss_kib(self):
         """VmHWM of the broker (its own peak resident set, KiB)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+        pid = self.foreign_pid or (self.proc.pid if self.proc and self.proc.poll() is None
+                                   else None)
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except (OSError, TypeError):
+            pass
         return None
 
     def stop(self):
