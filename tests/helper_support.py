@@ -363,7 +363,10 @@ class HelperEnv:
         self.private_allow = os.path.join(self.etc, "allow")
         self.private_pins = self._dir("run/cgnetns/pins", 0o700)
         os.chmod(os.path.dirname(self.private_pins), 0o755)
-        self.probe = os.path.join(self.bin, "probe")
+        # a name of its own: the system allow list may hold other sessions'
+        # probes, and a bare name picks the first entry with that basename
+        self.probe_name = "probe-" + os.path.basename(self.tdir).rsplit("-", 1)[-1]
+        self.probe = os.path.join(self.bin, self.probe_name)
         self.probe_sh = os.path.join(self.bin, "probe.sh")
         self.preload = os.path.join(self.bin, "libcgnetns-test-preload.so")
         sh(["gcc", "-O1", "-Wall", "-Werror", "-o", self.probe, PROBE_SRC, "-ldl"])

@@ -160,7 +160,7 @@ def test_script_program_joins(henv, world):
 def test_masquerade_symlink_runs_program_with_argv_unchanged(henv, world):
     d = os.path.join(henv.tdir, "masq-" + os.urandom(3).hex())
     os.mkdir(d)
-    link = os.path.join(d, "probe")
+    link = os.path.join(d, henv.probe_name)
     os.symlink(henv.installed, link)
     report = henv.out_path()
     r = world.a.run([link, "report", report, "--connect=%d" % world.port],
@@ -174,10 +174,10 @@ def test_masquerade_symlink_runs_program_with_argv_unchanged(henv, world):
 
 def test_double_dash_and_exit_status(henv, world):
     report = henv.out_path()
-    r = world.a.run([henv.installed, "--", "probe", "report", report, "--exit=42"],
+    r = world.a.run([henv.installed, "--", henv.probe_name, "report", report, "--exit=42"],
                     netns=world.private.path)
     assert r.returncode == 42 and r.stderr == b""
-    assert hs.read_report(report)["argv_b"][0] == b"probe"  # bare name as given
+    assert hs.read_report(report)["argv_b"][0] == henv.probe_name.encode()  # as given
 
 
 def test_not_found_is_127(henv, world):

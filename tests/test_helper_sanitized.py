@@ -135,9 +135,9 @@ def test_asan_huge_environment_and_closed_fds(henv, world, asan_build):
 def test_asan_masquerade(henv, world, asan_build):
     d = os.path.join(henv.tdir, "amasq-" + os.urandom(3).hex())
     os.mkdir(d)
-    os.symlink(henv.variants["asan"], os.path.join(d, "probe"))
+    os.symlink(henv.variants["asan"], os.path.join(d, henv.probe_name))
     report = henv.out_path()
-    r = run_asan(henv, asan_build, [os.path.join(d, "probe"), "report", report,
+    r = run_asan(henv, asan_build, [os.path.join(d, henv.probe_name), "report", report,
                                     "--connect=%d" % world.port], netns=world.private.path)
     assert r.returncode == 0, r.stderr
     hs.assert_joined(hs.read_report(report), world.host_ns, world.parent_token)
