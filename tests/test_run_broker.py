@@ -72,7 +72,11 @@ def test_cgnetns_run_starts_a_broker_for_a_no_new_privs_build(readlink_allowed):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
-                pass
+                continue
+            for _ in range(250):  # it removes its socket on the way out
+                if not os.path.exists("/proc/%d" % pid):
+                    break
+                time.sleep(0.02)
 
 
 def test_no_broker_option_leaves_no_new_privs_programs_without_network(readlink_allowed):
