@@ -37,8 +37,10 @@ What this machine cannot do, and what the tests do instead:
   and doebuild read) so that ``emerge-<pid>/<cpv>`` nests inside the build; on
   a host whose cgroup2 has the controllers it asserts that Portage's own
   default nests there.
-* The no_new_privs row (``setpriv --no-new-privs`` through the broker) is not
-  here yet: cgnetns-exec has no broker client so far.
+* The no_new_privs row (``setpriv --no-new-privs``, so the setuid bit does
+  nothing) goes through a ``cgnetnsd`` that the test starts on the system
+  socket and stops by its PID (or, when another broker already answers there,
+  through that one; the test then checks nothing of its log).
 """
 
 import json
@@ -46,10 +48,12 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import pytest
 
@@ -202,6 +206,71 @@ def test_distcc_tcp_through_masquerade_dir_with_cc_gcc(helper, allowed, work):
         assert r.returncode == 0, r.stdout
         assert_all_remote(topo, work, objs, r.stdout)
     assert_no_network(work, topo.remote_addr)
+
+
+@pytest.fixture
+def system_broker(tmp_path):
+    """A cgnetnsd on the system socket for one test, ended by its PID.
+
+    Yields the path of its log (None when another broker already answered
+    there: the test then uses that one and leaves it alone)."""
+    from cgnetns.broker import SOCKET_PATH
+    from cgnetns.cli.run import broker_answers
+    if broker_answers(SOCKET_PATH):
+        yield None
+        return
+    log = str(tmp_path / "cgnetnsd.log")
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([PY, "-m", "cgnetns.cli.broker", "--socket", SOCKET_PATH],
+                                env=repo_env(), stdin=subprocess.DEVNULL, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not broker_answers(SOCKET_PATH):
+            if proc.poll() is not None:
+                with open(log) as f:
+                    pytest.fail("cgnetnsd exited with %s: %s" % (proc.returncode, f.read()))
+            if time.monotonic() > deadline:
+                pytest.fail("cgnetnsd does not answer on %s" % SOCKET_PATH)
+            time.sleep(0.02)
+        yield log
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode is not None
+
+
+def test_distcc_tcp_no_new_privs_through_broker_every_object_remote(helper, allowed, work,
+                                                                     system_broker):
+    """Under setpriv --no-new-privs the setuid bit does nothing: cgnetns-exec asks
+    cgnetnsd, which runs distcc in the approved namespace as the build user."""
+    objs = project(work)
+    with Topology() as topo:
+        env = build_env(topo, work)
+        r = sandboxed("setpriv --no-new-privs sh -c "
+                      "\"grep NoNewPrivs /proc/self/status > nnp.txt && "
+                      f"make -j4 CC='{helper} distcc gcc'\" && ./prog > run.txt && "
+                      + probes(topo.remote_addr, DISTCC_PORT), work, env)
+        assert r.returncode == 0, r.stdout
+        assert "no broker" not in r.stdout and "without network" not in r.stdout, r.stdout
+        assert_all_remote(topo, work, objs, r.stdout)
+        assert sorted(os.path.basename(s) for s in topo.compile_ok_sources()) == \
+            sorted(o[:-2] + ".c" for o in objs)
+    assert read(work, "nnp.txt").split() == ["NoNewPrivs:", "1"]
+    assert_no_network(work, topo.remote_addr)
+    assert read(work, "run.txt").strip() == "sum=%d" % sum(4 * i for i in range(NFILES))
+    if system_broker is not None:
+        with open(system_broker) as f:
+            text = f.read()
+        # one brokered distcc per object, plus the link
+        joins = re.findall(r"program=\S*distcc: join", text)
+        assert len(joins) >= len(objs), text[-3000:]
+        assert "refuse" not in text, text[-3000:]
 
 
 def test_distcc_without_cgnetns_exec_fails_in_the_sandbox(helper, allowed, work):
