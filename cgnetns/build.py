@@ -16,7 +16,6 @@ import os
 import pwd
 import re
 import subprocess
-import sys
 
 from . import cgroups, namespaces, records, tags
 from .errors import CgnetnsError

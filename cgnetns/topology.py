@@ -34,7 +34,6 @@ servers' packages: Debian's ``distcc`` (``distcc-pump`` for pump mode),
 time; the library raises ``TopologyError`` and prints nothing.
 """
 
-import errno
 import fcntl
 import ipaddress
 import os

@@ -13,11 +13,13 @@ from cgnetns import cgroups, namespaces, records, tags
 from cgnetns.build import Build
 from cgnetns.errors import CgnetnsError, TagFormatError
 
+LEAK_PREFIX = "core"  # conftest.clean_host checks only this file's builds
+
 from conftest import CGNETNS_RUN, PY, USER_PY, host_state, repo_env, run
 
 
 def test_tag_records_the_creators_namespace_and_the_pin_matches(clean_host, cg2root):
-    with Build(name="tagtest") as b:
+    with Build(name="core-tag") as b:
         tag = tags.read_tag(b.cgroup_path)
         me = namespaces.current_identity()
         assert tag.pin == b.id
@@ -62,7 +64,7 @@ def _in_build_as_nobody(b, script, unshare_net=True):
 
 
 def test_build_user_cannot_change_tag_leave_or_enter_another_build(clean_host, cg2root):
-    with Build(name="victim") as other, Build(name="attacker") as b:
+    with Build(name="core-victim") as other, Build(name="core-attacker") as b:
         before = os.getxattr(b.cgroup_path, tags.TAG_XATTR)
         other_tag = os.getxattr(other.cgroup_path, tags.TAG_XATTR)
         script = """
@@ -112,7 +114,7 @@ def parent_server():
 
 def test_unshare_net_sees_only_lo_and_cannot_reach_the_parent(clean_host, parent_server):
     port, hits = parent_server
-    with Build(name="sandbox") as b:
+    with Build(name="core-sandbox") as b:
         probe = ("import socket, os\n"
                  "print(sorted(n for i, n in socket.if_nameindex()))\n"
                  "s = socket.socket()\n"
@@ -129,21 +131,21 @@ def test_unshare_net_sees_only_lo_and_cannot_reach_the_parent(clean_host, parent
 
 
 def test_cgnetns_run_contract(clean_host):
-    r = run(CGNETNS_RUN + ["--unshare-net", "--user", "nobody", "--name", "c", "--",
+    r = run(CGNETNS_RUN + ["--unshare-net", "--user", "nobody", "--name", "core-c", "--",
                            "sh", "-c", "id -u; sed -n 's/^0:://p' /proc/self/cgroup; "
                            "readlink /proc/self/ns/net; ip -o link | cut -d: -f2; exit 7"],
             env=repo_env())
     assert r.returncode == 7, r.stderr
     uid, cg, ns, links = r.stdout.decode().split("\n", 3)
     assert uid == "65534"
-    assert "/cgnetns/c-" in cg
+    assert "/cgnetns/core-c-" in cg
     assert ns != os.readlink("/proc/self/ns/net")
     assert links.split() == ["lo"]
     assert r.stderr == b""
 
 
 def test_cgnetns_run_exit_status_of_a_signal(clean_host):
-    r = run(CGNETNS_RUN + ["sh", "-c", "kill -TERM $$"], env=repo_env())
+    r = run(CGNETNS_RUN + ["--name", "core-sig", "sh", "-c", "kill -TERM $$"], env=repo_env())
     assert r.returncode == 128 + signal.SIGTERM
 
 
@@ -172,7 +174,7 @@ def test_cgnetns_run_refuses_non_root(clean_host):
 def test_no_cgroup2_is_refused_with_a_hint(clean_host, cg2root):
     # Hide cgroup2 in a private mount namespace.
     script = ("mount --make-rprivate / && umount -l %s && "
-              "exec %s -m cgnetns.cli.run true" % (cg2root, PY))
+              "exec %s -m cgnetns.cli.run --name core-x true" % (cg2root, PY))
     r = run(["unshare", "-m", "sh", "-c", script], env=repo_env())
     assert r.returncode == 125
     err = r.stderr.decode()
@@ -181,7 +183,7 @@ def test_no_cgroup2_is_refused_with_a_hint(clean_host, cg2root):
 
 def test_unwritable_run_is_refused(clean_host):
     script = ("mount --make-rprivate / && mount -t tmpfs -o ro,mode=755 none /run && "
-              "exec %s -m cgnetns.cli.run true" % PY)
+              "exec %s -m cgnetns.cli.run --name core-x true" % PY)
     r = run(["unshare", "-m", "sh", "-c", script], env=repo_env())
     assert r.returncode == 125
     assert b"/run" in r.stderr and r.stderr.count(b"\n") == 1
@@ -191,20 +193,23 @@ def test_unified_layout_in_a_private_mount_namespace(cg2root):
     # Mount cgroup2 at /sys/fs/cgroup itself, as on a unified host.
     script = ("mount --make-rprivate / && mount -t tmpfs none /sys/fs/cgroup && "
               "mount -t cgroup2 none /sys/fs/cgroup && "
-              "exec %s -m cgnetns.cli.run --name unified -- sh -c "
+              "exec %s -m cgnetns.cli.run --name core-unified -- sh -c "
               "'sed -n s/^0:://p /proc/self/cgroup; getfattr --only-values -n trusted.cgnetns "
               "/sys/fs/cgroup$(sed -n s/^0:://p /proc/self/cgroup)'" % PY)
     before = host_state(cg2root)
     r = run(["unshare", "-m", "sh", "-c", script], env=repo_env())
     assert r.returncode == 0, r.stderr
     cg, tag = r.stdout.decode().split("\n", 1)
-    assert cg.startswith("/cgnetns/unified-")
-    assert tag.startswith("v1 pin=unified-")
-    assert host_state(cg2root) == before
+    assert cg.startswith("/cgnetns/core-unified-")
+    assert tag.startswith("v1 pin=core-unified-")
+    after = host_state(cg2root)
+    for key in after:
+        assert not {x for x in after[key] - before[key]
+                    if os.path.basename(x).startswith(LEAK_PREFIX)}, key
 
 
 def test_teardown_after_exception(clean_host):
-    b = Build(name="exc")
+    b = Build(name="core-exc")
     with pytest.raises(RuntimeError):
         with b:
             p = b.spawn(["sleep", "300"])
@@ -216,7 +221,7 @@ def test_teardown_after_exception(clean_host):
 
 def test_teardown_after_sigterm_to_cgnetns_run(clean_host, tmp_path):
     marker = tmp_path / "started"
-    p = subprocess.Popen(CGNETNS_RUN + ["--unshare-net", "--", "sh", "-c",
+    p = subprocess.Popen(CGNETNS_RUN + ["--unshare-net", "--name", "core-term", "--", "sh", "-c",
                                         "sleep 300 & touch %s; wait" % marker],
                          env=repo_env(), stderr=subprocess.PIPE)
     for _ in range(500):
@@ -235,7 +240,7 @@ def test_twenty_runs_at_once_each_get_their_own(clean_host):
     procs = []
     for i in range(20):
         procs.append(subprocess.Popen(
-            CGNETNS_RUN + ["--unshare-net", "--name", "par%d" % i, "--", "sh", "-c",
+            CGNETNS_RUN + ["--unshare-net", "--name", "core-par%d" % i, "--", "sh", "-c",
                            "sed -n 's/^0:://p' /proc/self/cgroup; "
                            "getfattr --only-values -n trusted.cgnetns "
                            "%s$(sed -n 's/^0:://p' /proc/self/cgroup); echo; sleep 0.5"
@@ -247,7 +252,7 @@ def test_twenty_runs_at_once_each_get_their_own(clean_host):
     me = namespaces.current_identity()
     for i, (out, _) in enumerate(outs):
         cg, tag = out.decode().split("\n")[:2]
-        assert "/par%d-" % i in cg
+        assert "/core-par%d-" % i in cg
         t = tags.parse_tag(tag.encode())
         assert t.pin == os.path.basename(cg)
         assert (t.dev, t.ino, t.nsid) == tuple(me)
@@ -275,7 +280,7 @@ def test_adopt_tags_a_cgroup_another_tool_made(clean_host, cg2root):
 
 
 def test_setup_failure_in_child_fails_closed(clean_host):
-    with Build(name="failclosed") as b:
+    with Build(name="core-failclosed") as b:
         p = b.spawn(["true"], user="nobody", unshare_net=True,
                     pre_exec=lambda: (_ for _ in ()).throw(RuntimeError("no")),
                     stderr=subprocess.PIPE)

@@ -1,8 +1,16 @@
 """Command-line front ends: each ``main(argv) -> int`` prints, the library raises."""
 
+import argparse
 import sys
 
-from ..errors import CgnetnsError, EXIT_SETUP
+from ..errors import CgnetnsError, EXIT_SETUP, EXIT_USAGE
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line and status 2 (run_main)."""
+
+    def error(self, message):
+        raise CgnetnsError(message, "see %s --help" % self.prog, status=EXIT_USAGE)
 
 
 def run_main(prog, func, argv, debug=False):

@@ -5,7 +5,6 @@ cannot listen (another broker holds the lock, the socket cannot be bound);
 2 for a bad command line; 125 when not run as root.
 """
 
-import argparse
 import os
 import signal
 import sys
@@ -13,13 +12,13 @@ import sys
 from .. import __version__
 from ..broker import Broker, HELPER, SOCKET_PATH
 from ..build import require_root
-from . import run_main
+from . import Parser, run_main
 
 PROG = "cgnetnsd"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG, allow_abbrev=False,
         description="Broker for cgnetns-exec callers that cannot gain privilege "
                     "(no_new_privs, nosuid, ptrace, user namespaces): starts allow-listed "

@@ -7,28 +7,19 @@ Exit status: 0 when everything found was removed (or nothing was found, or
 unsafe, or the global lock stayed busy).
 """
 
-import argparse
 import json
 import os
 import sys
 
 from .. import __version__
-from ..errors import CgnetnsError, EXIT_USAGE
 from ..gc import EXIT_PARTIAL, collect
-from . import run_main
+from . import Parser, run_main
 
 PROG = "cgnetns-gc"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line and status 2 (run_main)."""
-
-    def error(self, message):
-        raise CgnetnsError(message, "see %s --help" % self.prog, status=EXIT_USAGE)
-
-
 def build_parser():
-    p = _Parser(
+    p = Parser(
         prog=PROG, allow_abbrev=False,
         description="Remove what runs that died left behind: the tags, pins, build cgroups "
                     "(killing processes left in them) and run records of builds whose "

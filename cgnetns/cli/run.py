@@ -17,7 +17,7 @@ from ..build import Build, require_root, resolve_user
 from ..cgroups import find_cgroup2
 from ..errors import (CgnetnsError, PlacementError, EXIT_NOEXEC, EXIT_NOTFOUND,
                       EXIT_USAGE)
-from . import run_main
+from . import Parser, run_main
 
 PROG = "cgnetns-run"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -31,7 +31,7 @@ class _Stop(Exception):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG, allow_abbrev=False,
         description="Run COMMAND in a new build cgroup that approves the network namespace "
                     "cgnetns-run is in, so that allow-listed programs started inside it "

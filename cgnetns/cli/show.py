@@ -12,7 +12,6 @@ without root); 125 when cgnetns itself failed.  The JSON keys are documented in
 cgnetns-show(8) and only ever added to.
 """
 
-import argparse
 import ctypes
 import errno
 import json
@@ -28,7 +27,7 @@ import time
 
 from .. import __version__, _sys, cgroups, namespaces, resolve
 from ..errors import CgnetnsError, EXIT_USAGE, PlacementError
-from . import run_main
+from . import Parser, run_main
 
 PROG = "cgnetns-show"
 WIDTH = 100
@@ -40,15 +39,8 @@ LAUNCHERS = frozenset("""env sh bash dash zsh ksh mksh csh tcsh fish busybox toy
 BROKER_SOCKET = "/run/cgnetns/cgnetnsd.sock"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line and status 2 (run_main)."""
-
-    def error(self, message):
-        raise CgnetnsError(message, "see %s --help" % self.prog, status=EXIT_USAGE)
-
-
 def build_parser():
-    p = _Parser(
+    p = Parser(
         prog=PROG, allow_abbrev=False,
         usage="%(prog)s [--json] [--debug] [PID]\n"
               "       %(prog)s --all [--json] [--debug]\n"
