@@ -265,7 +265,12 @@ class Container:
     def _boot(self):
         opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (self.lower, self.upper, self.ovl_work)
         nspawn = ["systemd-nspawn", "-q", "-D", self.merged, "-M", self.name, "-b",
-                  "--register=no", "--keep-unit", "--console=read-only"]
+                  "--register=no", "--keep-unit", "--console=read-only",
+                  # A network namespace of its own (only lo): nspawn then keeps
+                  # CAP_NET_ADMIN, which cgnetns-run --unshare-net needs to bring
+                  # lo up in the build's namespace, and the container cannot
+                  # touch the host's links.  It ends with the container.
+                  "--private-network"]
         # The overlay lives in a private mount namespace that ends with nspawn:
         # nothing is left mounted on the host whatever happens.
         script = ('mount -t overlay cgnetns-test -o "$1" "$2" && shift 2 && exec "$@"')
@@ -351,7 +356,10 @@ class Container:
         cmd = ["systemd-run", "--wait", "--pipe", "--collect", "--quiet"]
         for p in props:
             cmd += ["-p", p]
-        return self.enter(cmd + ["--"] + list(argv), timeout=timeout, check=check)
+        # systemd expands $VAR and ${VAR} in the command line of a service
+        # (systemd.service(5), "Command lines"): "$$" is a literal "$".
+        argv = [a.replace("$", "$$") for a in argv]
+        return self.enter(cmd + ["--"] + argv, timeout=timeout, check=check)
 
     # -- tear-down -----------------------------------------------------------------
     def stop(self, timeout=30):
