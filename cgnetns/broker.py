@@ -19,6 +19,7 @@ import fcntl
 import os
 import selectors
 import signal
+import resource
 import socket
 import struct
 import sys
@@ -512,6 +513,14 @@ def _place_fds(placements):
     close every other descriptor."""
     # First copy every source above all targets (>= 2000), so that placing one
     # cannot overwrite the source of another.
+    # Fix (found by tests/test_systemd.py): systemd starts services with a soft
+    # RLIMIT_NOFILE of 1024, where F_DUPFD 2000 fails with EINVAL and every
+    # request was refused.  Raise the soft limit in this child (up to the hard
+    # one); the agent sets the peer's limits before it starts the program.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2000 + len(placements) + 1
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     moved = [(fcntl.fcntl(src, fcntl.F_DUPFD, 2000), dst) for src, dst in placements]
     keep = set()
     for tmp, dst in moved:
