@@ -182,22 +182,35 @@ def run(sess):
             if need > 0:
                 filler.start(need)
 
+        def measure_steady(label, depth=1, scan=False):
+            # The machine is shared: when true itself ran more than 25% off
+            # its first figure, something else was loading the machine, and
+            # the condition is measured again (at most twice more).
+            for attempt in range(3):
+                r = measure(label, depth, scan)
+                if "tag1" not in res or abs(r["true"] / res["tag1"]["true"] - 1) <= 0.25:
+                    break
+                sess.log("scale: %s: true moved to %.3f ms: measuring again" % (label, r["true"]))
+            r["attempts"] = attempt + 1
+            return r
+
         res = {}
         set_procs(100)
-        res["tag1"] = measure("1 tagged cgroup", scan=True)
+        res["tag1"] = measure_steady("1 tagged cgroup", scan=True)
         for count in (100, 10000):
             sess.log("scale: making %d more builds" % (count - 1 - len(others)))
             while len(others) < count - 1:
                 with signals_held():
                     others.append(Build(name="bench-scale-extra", run_dir=run_dir).create())
-            res["tag%d" % count] = measure("%d tagged cgroups" % count, scan=count == 10000)
+            res["tag%d" % count] = measure_steady("%d tagged cgroups" % count,
+                                                  scan=count == 10000)
         sess.log("scale: removing %d builds" % len(others))
         close_builds(others)
         set_procs(5000)
-        res["procs5000"] = measure("5000 processes", scan=True)
+        res["procs5000"] = measure_steady("5000 processes", scan=True)
         set_procs(100)
         for d in DEPTHS[1:]:
-            res["depth%d" % d] = measure("depth %d" % d, depth=d)
+            res["depth%d" % d] = measure_steady("depth %d" % d, depth=d)
     sess.raw["scale"] = res
 
     base = res["tag1"]
@@ -229,3 +242,7 @@ def run(sess):
                  n=res["procs5000"]["scan_n"], baseline="100 procs", baseline_value=base["scan"]))
     sess.note("scale: processes on the host while measuring: %s." % ", ".join(
         "%s %d" % (k, v["procs"]) for k, v in res.items()))
+    again = ["%s (%d)" % (k, v["attempts"]) for k, v in res.items() if v["attempts"] > 1]
+    if again:
+        sess.note("scale: measured again because true itself moved by more than 25%% (other "
+                  "load): %s." % ", ".join(again))
