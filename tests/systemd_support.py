@@ -37,7 +37,8 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-MIRROR = "http://deb.debian.org/debian"
+# CGNETNS_TEST_MIRROR: another mirror (a local cache); the root is the same.
+MIRROR = os.environ.get("CGNETNS_TEST_MIRROR", "http://deb.debian.org/debian")
 # systemd + dbus to boot; python3 and cgnetns's dependencies from Debian;
 # attr (getfattr) to read trusted.delegate; iproute2 to show the build's links.
 INCLUDE = ("systemd", "dbus", "python3", "attr", "python3-pyroute2", "python3-psutil",
@@ -65,7 +66,7 @@ class ContainerError(Exception):
 
 
 def cache_key(include=INCLUDE):
-    text = "%s %s %s %s" % (SUITE, VARIANT, MIRROR, ",".join(sorted(include)))
+    text = "%s %s %s" % (SUITE, VARIANT, ",".join(sorted(include)))
     return "%s-%s-%s" % (SUITE, VARIANT, hashlib.sha256(text.encode()).hexdigest()[:12])
 
 
@@ -371,6 +372,9 @@ class Container:
                 self.enter(["systemctl", "poweroff", "--no-block"], timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+        else:  # not booted far enough to be asked: nspawn passes SIGTERM on to init
+            self.nspawn.terminate()
+            timeout = 5
         try:
             self.nspawn.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
