@@ -170,6 +170,8 @@ class Container:
     def __init__(self, root, unified=True, boot_timeout=60, log=print):
         self.lower = root
         self.unified = unified
+        # where the container's own cgroup2 tree is mounted, seen from inside
+        self.cg2 = "/sys/fs/cgroup" if unified else "/sys/fs/cgroup/unified"
         self.boot_timeout = boot_timeout
         self.log = log
         self.tag = secrets.token_hex(4)

@@ -10,6 +10,9 @@ installed the way `make install` does it (tests/systemd_support.py).  Inside:
   through the setuid helper and, under setpriv --no-new-privs, through the
   socket-activated broker.
 
+Each test runs twice: systemd on cgroup2 only, and in systemd's hybrid layout
+(cgroup2 at /sys/fs/cgroup/unified, as on this host).
+
 The root is debootstrapped once and cached in /var/cache/cgnetns-test (about
 a minute and a half the first time; a boot is about a second).  The tests skip
 only when debootstrap cannot download from the Debian archive; everything else
@@ -34,14 +37,14 @@ pytestmark = pytest.mark.skipif(
 NOBODY_UID = "65534"
 
 
-@pytest.fixture(scope="module")
-def container():
+@pytest.fixture(scope="module", params=["unified", "hybrid"])
+def container(request):
     try:
         root = sd.debootstrap_root()
     except sd.ArchiveUnreachable as e:
         pytest.skip("the Debian archive cannot be reached, so no container root can be "
                     "built: %s" % e)
-    c = sd.Container(root)
+    c = sd.Container(root, unified=request.param == "unified")
     with c:
         yield c
     # close() raised if anything could not be removed; check the host anyway
@@ -64,7 +67,9 @@ def fields(line):
 def test_systemd_is_pid1_on_cgroup2_only(container):
     assert ok(container.enter(["cat", "/proc/1/comm"])).strip() == "systemd"
     assert container.state in ("running", "degraded")
-    assert ok(container.enter(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"])).strip() == "cgroup2fs"
+    fstype = ok(container.enter(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"])).strip()
+    assert fstype == ("cgroup2fs" if container.unified else "tmpfs")
+    assert ok(container.enter(["stat", "-f", "-c", "%T", container.cg2])).strip() == "cgroup2fs"
     # tmpfiles.d from contrib made /run/cgnetns at boot
     assert ok(container.enter(["stat", "-c", "%a %U", "/run/cgnetns", "/run/cgnetns/pins"])) \
         .split("\n")[:2] == ["755 root", "700 root"]
@@ -88,13 +93,13 @@ def test_contrib_units_socket_activate_cgnetnsd(container):
     assert re.search(r"program=\S*probe: pass", journal), journal
 
 
-BUILD_REPORT = ("cg=$(sed -n 's/^0:://p' /proc/self/cgroup); parent=${cg%/*}; "
-                "echo cgroup=$cg; echo parent=$parent; "
-                "echo parent_delegate=$(getfattr --only-values -n trusted.delegate "
-                "/sys/fs/cgroup$parent); "
-                "echo own_delegate=$(getfattr --only-values -n trusted.delegate "
-                "/sys/fs/cgroup$cg); "
-                "echo tag=$(getfattr --only-values -n trusted.cgnetns /sys/fs/cgroup$cg)")
+def build_report(c):
+    """A shell script run as the build (root): its cgroup, its parent, their xattrs."""
+    return ("cg=$(sed -n 's/^0:://p' /proc/self/cgroup); parent=${cg%/*}; "
+            "echo cgroup=$cg; echo parent=$parent; "
+            "echo parent_delegate=$(getfattr --only-values -n trusted.delegate CG2$parent); "
+            "echo own_delegate=$(getfattr --only-values -n trusted.delegate CG2$cg); "
+            "echo tag=$(getfattr --only-values -n trusted.cgnetns CG2$cg)").replace("CG2", c.cg2)
 
 
 def report(out):
@@ -112,7 +117,7 @@ def assert_build_in_delegated(rep, unit_suffix):
 
 def no_fallback_subtree(c):
     """The non-systemd place (<root>/cgnetns) is never used under systemd."""
-    assert c.enter(["test", "-e", "/sys/fs/cgroup/cgnetns"]).returncode != 0
+    assert c.enter(["test", "-e", c.cg2 + "/cgnetns"]).returncode != 0
 
 
 def test_cgnetns_run_obtains_a_delegate_scope(container):
@@ -120,18 +125,18 @@ def test_cgnetns_run_obtains_a_delegate_scope(container):
     systemd-run --scope -p Delegate=yes and creates the build cgroup in it."""
     c = container
     assert "trusted.delegate=" not in c.run(
-        ["sh", "-c", "getfattr -n trusted.delegate /sys/fs/cgroup"
-                     "$(sed -n 's/^0:://p' /proc/self/cgroup) 2>&1"]).stdout
-    rep = report(ok(c.run(["cgnetns-run", "--no-broker", "--", "sh", "-c", BUILD_REPORT])))
+        ["sh", "-c", "getfattr -n trusted.delegate " + c.cg2
+         + "$(sed -n 's/^0:://p' /proc/self/cgroup) 2>&1"]).stdout
+    rep = report(ok(c.run(["cgnetns-run", "--no-broker", "--", "sh", "-c", build_report(c)])))
     assert_build_in_delegated(rep, ".scope")
     no_fallback_subtree(c)
     # the build cgroup and the scope are gone afterwards
-    assert c.enter(["test", "-e", "/sys/fs/cgroup" + rep["cgroup"]]).returncode != 0
+    assert c.enter(["test", "-e", c.cg2 + rep["cgroup"]]).returncode != 0
 
 
 def test_cgnetns_run_finds_a_delegated_service(container):
     c = container
-    rep = report(ok(c.run(["cgnetns-run", "--no-broker", "--", "sh", "-c", BUILD_REPORT],
+    rep = report(ok(c.run(["cgnetns-run", "--no-broker", "--", "sh", "-c", build_report(c)],
                           props=["Delegate=yes"])))
     assert_build_in_delegated(rep, ".service")
     no_fallback_subtree(c)
