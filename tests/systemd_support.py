@@ -19,6 +19,7 @@ Measured here (FIELD-NOTES.md, "Real systemd in a container"): ~60 s cold
 debootstrap, ~1 s per boot.
 """
 
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -198,6 +199,9 @@ class Container:
     def start(self):
         t0 = time.monotonic()
         os.makedirs(CACHE_DIR, mode=0o755, exist_ok=True)
+        sweep_stale(self.log)
+        # cgroups first: a ct-* directory without them is a dead run's (sweep_stale)
+        self._make_cgroups()
         self.dir = tempfile.mkdtemp(prefix="ct-%s-" % self.tag, dir=CACHE_DIR)
         self.upper = os.path.join(self.dir, "upper")
         self.ovl_work = os.path.join(self.dir, "work")
@@ -207,7 +211,6 @@ class Container:
         os.chmod(self.upper, 0o755)  # the container's "/" takes the upper dir's mode
         self.install(self.upper)
         self.timings["install"] = time.monotonic() - t0
-        self._make_cgroups()
         self._boot()
         self.timings["boot"] = time.monotonic() - t0 - self.timings["install"]
 
@@ -264,6 +267,9 @@ class Container:
         for path in self.cgroups:
             with open(os.path.join(path, "cgroup.procs"), "w") as f:
                 f.write("0\n")
+        # If the test process dies (SIGKILL), nspawn gets SIGTERM and powers
+        # the container off; sweep_stale() removes the rest at the next run.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
     def _boot(self):
         opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (self.lower, self.upper, self.ovl_work)
@@ -412,6 +418,50 @@ class Container:
             self.dir = None
         if errors:
             raise ContainerError("teardown: " + "; ".join(errors))
+
+
+STALE_AGE = 120  # seconds
+
+
+def _cgroup_roots():
+    return [p for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
+            if os.path.isdir(p)]
+
+
+def sweep_stale(log=print):
+    """Remove what test runs that were killed left: their nspawn cgroups once
+    empty, and ct-* directories without a cgroup, both older than STALE_AGE."""
+    now = time.time()
+    live = set()
+    for root in _cgroup_roots():
+        for name in os.listdir(root):
+            if not name.startswith("cgnetns-nspawn-"):
+                continue
+            path = os.path.join(root, name)
+            tag = name[len("cgnetns-nspawn-"):]
+            try:
+                old = now - os.stat(path).st_mtime > STALE_AGE
+            except FileNotFoundError:
+                continue
+            if _cgroup_pids(path) or not old:
+                live.add(tag)
+                continue
+            try:
+                _remove_cgroup(path, timeout=2)
+                log("removed stale cgroup %s" % path)
+            except Exception:
+                live.add(tag)
+    for name in os.listdir(CACHE_DIR):
+        m = re.fullmatch(r"ct-([0-9a-f]+)-.*", name)
+        path = os.path.join(CACHE_DIR, name)
+        if not m or m.group(1) in live:
+            continue
+        try:
+            if now - os.stat(path).st_mtime > STALE_AGE:
+                _remove_tree(path)
+                log("removed stale %s" % path)
+        except (OSError, ContainerError):
+            pass
 
 
 def _cgroup_pids(path):
