@@ -217,6 +217,7 @@ def system_broker(tmp_path):
     from cgnetns.broker import SOCKET_PATH
     from cgnetns.cli.run import broker_answers
     if broker_answers(SOCKET_PATH):
+        print("system_broker: another broker answers already")
         yield None
         return
     log = str(tmp_path / "cgnetnsd.log")
