@@ -141,6 +141,9 @@ def main(argv=None):
     print(header(sess, started, load0, busy0, time.time() - started, cpu0))
     print()
     print(render_text(sess.rows))
+    if sess.allow_rewrites:
+        sess.note("the allow list was rewritten by other processes during the run: %d loops "
+                  "were run again with the benchmark's entries put back." % sess.allow_rewrites)
     if sess.notes:
         print()
         for k, n in enumerate(sess.notes, 1):

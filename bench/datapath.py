@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 from .common import (HELPER, READLINK, REPO, BUILD_USER, BenchError, Cleanup, Row, allow_listed,
-                     check_join, child_env, communicate, kill_wait, median, new_build,
+                     check_join, child_env, communicate, kill_wait, last_line, median, new_build,
                      start_in_build, start_outside)
 
 PART = 3
@@ -134,7 +134,7 @@ def run(sess):
                 out, err = communicate(proc, what="tcpbench client (%s)" % name)
                 if proc.returncode != 0:
                     raise BenchError("tcpbench client (%s) exit %d: %s" % (
-                        name, proc.returncode, err.decode(errors="replace").strip()[-300:]))
+                        name, proc.returncode, last_line(err)))
                 lat, xfer = parse(out)
                 got[name][0].extend(lat)
                 got[name][1].extend(xfer)

@@ -30,7 +30,7 @@ from cgnetns.topology import Topology, TopologyError
 
 from .common import (HELPER, READLINK, BUILD_USER, BenchError, BrokerProcess, Cleanup, Row,
                      allow_listed, check_broker, check_join, child_env, command, communicate,
-                     loop, median, new_build, start_in_build, start_outside)
+                     last_line, loop, median, new_build, start_in_build, start_outside)
 
 PART = 4
 NAME = "distcc"
@@ -137,12 +137,12 @@ def run(sess):
             remote = topo.count_compile_ok() - before
             if proc.returncode != 0 or not out.split():
                 raise BenchError("distcc build (%s) failed (exit %d): %s" % (
-                    name, proc.returncode, err.decode(errors="replace").strip()[-400:]))
+                    name, proc.returncode, last_line(err)))
             ns, status, _ = out.split()[:3]
             if os.waitstatus_to_exitcode(int(status)) != 0:
                 raise BenchError("make (%s) exit %d: %s" % (
                     name, os.waitstatus_to_exitcode(int(status)),
-                    err.decode(errors="replace").strip()[-400:]))
+                    last_line(err)))
             if remote != NFILES:
                 raise BenchError("distcc build (%s): %d of %d objects compiled remotely" % (
                     name, remote, NFILES))
