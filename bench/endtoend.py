@@ -190,10 +190,10 @@ def run(sess):
 
     make_t = {k: median([x[0] for x in v]) for k, v in got.items()}
     whole_t = {k: median([x[1] for x in v]) for k, v in got.items()}
-    what = "distcc build, %d files, make -j%d: " % (NFILES, JOBS)
+    what = "distcc build (make -j%d, %d files): " % (JOBS, NFILES)
     rows = [Row(PART, what + "direct (parent netns)", make_t["direct"], unit="s", n=reps)]
-    for key, label, why in (("setuid", "cgnetns-run --unshare-net, set-user-ID", join_why),
-                            ("broker", "cgnetns-run --unshare-net, broker (nnp)", broker_why)):
+    for key, label, why in (("setuid", "set-user-ID path", join_why),
+                            ("broker", "broker path", broker_why)):
         if key in got:
             rows.append(Row(PART, what + label, make_t[key], unit="s", n=reps,
                             baseline="direct", baseline_value=make_t["direct"],
@@ -204,14 +204,14 @@ def run(sess):
             sess.note("distcc: %s path not measured: %s" % (key, why))
     for key in ("setuid", "broker"):
         if key in got:
-            rows.append(Row(PART, "  the same, whole command (cgnetns-run start-up and teardown "
-                                  "included), %s" % key, whole_t[key], unit="s", n=reps,
+            rows.append(Row(PART, "  the same, whole cgnetns-run command: %s path" % (
+                                "set-user-ID" if key == "setuid" else key), whole_t[key],
+                            unit="s", n=reps,
                             baseline="direct", baseline_value=whole_t["direct"]))
     one_t = {k: median([x[0] for x in v]) * 1e3 for k, v in per_call.items()}
     rows.append(Row(PART, "one distcc compile at a time: direct", one_t["direct"],
                     n=len(per_call["direct"])))
-    for key, label in (("setuid", "through cgnetns-exec (set-user-ID)"),
-                       ("broker", "through cgnetns-exec and cgnetnsd (nnp)")):
+    for key, label in (("setuid", "set-user-ID path"), ("broker", "broker path")):
         if key in one_t:
             rows.append(Row(PART, "one distcc compile at a time: " + label, one_t[key],
                             n=len(per_call[key]), baseline="direct",

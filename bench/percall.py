@@ -145,13 +145,13 @@ def run(sess):
                         na="n/a (not implemented)" if "not implemented" in broker_why
                         else "n/a", target="< +2 ms"))
         sess.note("broker path: %s" % broker_why)
-    rows.append(Row(PART, "peak RSS: cgnetns-exec (join; program: static no-op)", rss_join,
+    rows.append(Row(PART, "peak RSS: cgnetns-exec, join path", rss_join,
                     unit="KiB", n=rss_n if rss_join else None, baseline="true",
                     baseline_value=rss_true, na=None if rss_join else "n/a"))
     sess.note("peak RSS of the static no-op alone: %d KiB (so the join-path figure is the "
               "helper's own)." % rss_noop)
     if broker_why is None:
-        rows.append(Row(PART, "peak RSS: cgnetns-exec as broker client", rss_client,
+        rows.append(Row(PART, "peak RSS: cgnetns-exec, broker client", rss_client,
                         unit="KiB", n=rss_n, baseline="true", baseline_value=rss_true))
     rows.append(Row(PART, "peak RSS: cgnetnsd (VmHWM)%s" % (
         "" if broker_why is None else ", idle"), broker_rss, unit="KiB",
