@@ -107,8 +107,9 @@ def extra_run_dir(sess, stack):
         return namespaces.RUN_DIR
     path = os.path.join(sess.tooldir, "run")
     os.mkdir(path, 0o755)
-    _sys.mount("tmpfs", path, "tmpfs", 0, "mode=0755,size=64m")
-    stack.callback(_sys.umount2, path)
+    with signals_held():
+        _sys.mount("tmpfs", path, "tmpfs", 0, "mode=0755,size=64m")
+        stack.callback(_sys.umount2, path)
     sess.note("scale: /run is not a tmpfs here; the extra builds keep their pins and "
               "records in a tmpfs of the benchmark's own.")
     return path
