@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 
-from .common import (BenchError, Cleanup, Row, Session, busy_processes, cpu_seconds,
+from .common import (ALLOW, BenchError, Cleanup, Row, Session, busy_processes, cpu_seconds,
                      machine_load, render_rst, render_text)
 
 PARTS = [("helper", "percall"), ("scale", "scale"), ("data", "datapath"),
@@ -116,6 +116,8 @@ def main(argv=None):
     failed = interrupted = False
     try:
         with Cleanup() as stack:
+            ALLOW.remove(stale=True)
+            stack.callback(ALLOW.remove, True)
             sess.compile_tools(stack)
             for name, module in PARTS:
                 if args.part and name not in args.part:

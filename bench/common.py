@@ -262,23 +262,47 @@ class AllowList:
         block = self.begin + "".join(p + "\n" for p in missing).encode() + self.end
         _replace(ALLOW_PATH, text + block, meta)
 
-    def remove(self):
+    def remove(self, stale=False):
+        """Take our blocks out; with STALE, also those of benchmark runs
+        that have ended (a tool that restored its own copy of the file may
+        have brought one back after that run removed it)."""
+        import re
         text = self._read()
         if text is not None:
-            while self.begin in text:
-                i = text.index(self.begin)
-                j = text.find(self.end, i)
-                j = len(text) if j < 0 else j + len(self.end)
-                text = text[:i] + text[j:]
+            old = text
+            pat = re.compile(rb"# cgnetns bench \(pid (\d+)\): added for the run[^\n]*\n")
+            pos = 0
+            while True:
+                m = pat.search(text, pos)
+                if m is None:
+                    break
+                pid = int(m.group(1))
+                if pid != os.getpid() and not (stale and not _alive(pid)):
+                    pos = m.end()
+                    continue
+                end = b"# cgnetns bench (pid %d): end\n" % pid
+                j = text.find(end, m.end())
+                j = len(text) if j < 0 else j + len(end)
+                text = text[:m.start()] + text[j:]
             if self.made_file and not text.strip():
                 os.unlink(ALLOW_PATH)
-            else:
+            elif text != old:
                 st = os.stat(ALLOW_PATH)
                 _replace(ALLOW_PATH, text, (st.st_mode & 0o7777, st.st_uid, st.st_gid))
         if self.made_dir:
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(ALLOW_PATH))
         self.paths = []
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 ALLOW = AllowList()
