@@ -232,7 +232,9 @@ def test_real_phases_under_cgnetns_run_compile_on_remote_distccd(tmp):
         from conftest import CGNETNS_RUN
         masq_, seen, result = run_phases(
             tmp, SOURCE, make_conf=make_conf, masq=masq, compile_body=body,
-            wrap=[*CGNETNS_RUN, "--name", "portage-bashrc", "--"],
+            # --no-broker: this phase runs without no_new_privs, and a broker
+            # started here would outlive the test (its env is built from scratch).
+            wrap=[*CGNETNS_RUN, "--no-broker", "--name", "portage-bashrc", "--"],
             extra_path=":/usr/local/bin")
         assert topo.count_compile_ok() == n, topo.log_text()[-2000:]
     assert seen["src_compile"]["gcc"] == os.path.join(masq, "gcc")
