@@ -562,12 +562,9 @@ def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
                 break
             time.sleep(0.01)
             text = subj.read("cgroup").decode(errors="replace")
-        if not ex.in_cgroup_procs:
-            raise _Verdict("not-in-cgroup",
-                          "process %d is not listed in %s/cgroup.procs (its cgroup path "
-                          "does not match this view of the hierarchy)" % (ex.tgid, cgpath),
-                          "run cgnetns-show in the process's cgroup namespace")
-        # 3. Walk up to the nearest tag.
+        # 3. Walk up to the nearest tag.  Membership (step 2) matters only once
+        #    a tag is found, as in the helper (helper/cgroup.c): without a tag the
+        #    verdict is pass-through whatever cgroup the path named.
         tagged_fd = None
         for rel, fd in reversed(chain):
             st = os.fstat(fd)
@@ -601,6 +598,11 @@ def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
                           % ex.cgroup,
                           "start the build with cgnetns-run (or Build() in Python) if it "
                           "should reach the network")
+        if not ex.in_cgroup_procs:
+            raise _Verdict("not-in-cgroup",
+                          "process %d is not listed in %s/cgroup.procs (its cgroup path "
+                          "does not match this view of the hierarchy)" % (ex.tgid, cgpath),
+                          "run cgnetns-show in the process's cgroup namespace")
         # 4. Root-owned.
         if tagged_st.st_uid != 0:
             raise _Verdict("tag-owner", "the tagged cgroup %s is owned by uid %d, not root: "

@@ -170,6 +170,20 @@ static int ancestor_len(int up)
 	return len;
 }
 
+/* 1 when the subject is in the initial cgroup namespace (its nsfs inode is
+ * the fixed PROC_CGROUP_INIT_INO); 0 when it is not or cannot be told. */
+static int subject_in_initial_cgroupns(const struct subject *s)
+{
+	struct stat st;
+	int fd = openat(s->proc_fd, "ns/cgroup", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	int ok = fd_on_fs(fd, CG_NSFS_MAGIC) && fstat(fd, &st) == 0 &&
+		 st.st_ino == CG_PROC_CGROUP_INIT_INO;
+	close_quietly(fd);
+	return ok;
+}
+
 int cgroup_find_tag(const struct subject *s, struct tag *t)
 {
 	struct stat rootst, st;
@@ -185,7 +199,18 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 	if (!fd_on_fs(cg, CG_CGROUP2_SUPER_MAGIC) || fstat(cg, &st) < 0 ||
 	    st.st_dev != rootst.st_dev)
 		die(EXIT_REFUSE, "cgroup /%s is not on the cgroup2 mount", cg_rel);
-	if (!lists_pid(cg, s->pid))
+	/* Step 2's membership check (lists_pid).  In the initial cgroup
+	 * namespace the 0:: path is absolute, so it is made once a tag is found,
+	 * before anything is decided by it: without a tag the answer is
+	 * pass-through whatever cgroup the path named, and reading a busy
+	 * cgroup's cgroup.procs (the root's on a host without systemd) would be
+	 * the most expensive step of a call outside any build.  In any other
+	 * cgroup namespace the path is relative to that namespace's root and
+	 * may name another cgroup of this mount: check at once and say so. */
+	int leaf = fcntl(cg, F_DUPFD_CLOEXEC, 3);
+	if (leaf < 0)
+		die_with_error(EXIT_REFUSE, "cannot keep cgroup /%s", cg_rel);
+	if (!subject_in_initial_cgroupns(s) && !lists_pid(leaf, s->pid))
 		die(EXIT_REFUSE, "process %d is not in cgroup /%s of the cgroup2 mount "
 		    "(cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
 	/* The broker's agent joins this very (checked) directory. */
@@ -202,6 +227,12 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 		ssize_t r = fgetxattr(cg, CGNETNS_TAG_XATTR, val, sizeof val);
 		if (r >= 0 || errno == ERANGE) {
 			int alen = ancestor_len(up);
+			int saved = errno;
+			if (!lists_pid(leaf, s->pid))
+				die(EXIT_REFUSE, "process %d is not in cgroup /%s of the cgroup2 "
+				    "mount (cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
+			close_quietly(leaf);
+			errno = saved;
 			if (r < 0 || r > TAG_MAX)
 				die(EXIT_REFUSE, "tag of cgroup /%.*s is longer than %d bytes",
 				    alen, cg_rel, TAG_MAX);
@@ -232,6 +263,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 		if (st.st_dev == rootst.st_dev && st.st_ino == rootst.st_ino) {
 			close_quietly(cg);
 			close_quietly(root);
+			close_quietly(leaf);
 			return 0; /* no tag up to the root: not in a build */
 		}
 		int parent = openat(cg, "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);

@@ -22,6 +22,8 @@
 
 /* the nsfs inode number of the initial user namespace (linux/proc_ns.h) */
 #define CG_PROC_USER_INIT_INO 0xEFFFFFFDU
+/* include/linux/proc_ns.h: the initial cgroup namespace's fixed inode. */
+#define CG_PROC_CGROUP_INIT_INO 0xEFFFFFFBU
 
 /* openat2 (linux/openat2.h) */
 struct cg_open_how {
