@@ -216,6 +216,7 @@ class Broker:
             s.listen(1024)  # a burst of -j clients (or a flood) queues, not EAGAIN
             self.listener = s
         self.listener.setblocking(False)
+        _prepare_for_spawning()
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
 
@@ -322,7 +323,10 @@ class Broker:
             return self._on_client_signal(c)
         try:
             data, anc, flags, _ = c.sock.recvmsg(
-                65536, socket.CMSG_SPACE(MAX_FDS * 4))
+                65536, socket.CMSG_SPACE(MAX_FDS * 4),
+                # Close-on-exec at once: no other connection's agent may
+                # inherit these (agents are spawned, not forked and cleaned).
+                socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -392,18 +396,13 @@ class Broker:
         placements = [(c.pidfd, AGENT_PIDFD), (c.fds[0], AGENT_CWD), (status_w, AGENT_STATUS)]
         placements += list(zip(c.fds[1:], req.fdnums[1:]))
         helper = os.fsencode(self.helper)
-        # The environment byte for byte (os.execve wants a mapping, which
-        # would lose entries without "=" and repeated names): execve(2) itself.
-        c_argv, c_env = _c_strings(argv), _c_strings(req.env)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child; ends in exec or _exit
-            try:
-                _place_fds(placements)
-                _libc.execve(helper, c_argv, c_env)
-            except BaseException:
-                pass
-            os._exit(127)
-        os.close(status_w)
+        try:
+            pid = _spawn(helper, argv, req.env, placements)
+        except BaseException:
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
         c.agent_pid = pid
         c.agent_pidfd = os.pidfd_open(pid)
         c.status_r = status_r
@@ -495,9 +494,37 @@ class Broker:
         c.sock.close()
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.execve.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p),
-                         ctypes.POINTER(ctypes.c_char_p)]
+# -- starting the agent -------------------------------------------------------
+#
+# posix_spawn(3), not fork(): a fork of this interpreter costs about 1.1 ms more
+# per request here (page tables of the whole heap; measured with bench/), and
+# glibc's posix_spawn is a vfork-style clone.  It is called through ctypes for
+# one reason: os.posix_spawn takes the environment as a mapping, which would
+# lose entries without "=" and repeated names, and the client's environment
+# must pass byte for byte.  What the agent inherits is exactly: the placed
+# descriptors (dup2 clears their close-on-exec flag) and nothing else, because
+# every other descriptor of this process is close-on-exec
+# (_prepare_for_spawning, MSG_CMSG_CLOEXEC, and Python's own default).
+
+_LIBC = None
+_FILE_ACTIONS_SIZE = 256          # sizeof(posix_spawn_file_actions_t) is 80 in glibc
+TEMP_FD_BASE = AGENT_STATUS + 1   # temporaries above every target number
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        vp, ci = ctypes.c_void_p, ctypes.c_int
+        lib.posix_spawn.argtypes = [ctypes.POINTER(ci), ctypes.c_char_p, vp, vp,
+                                    ctypes.POINTER(ctypes.c_char_p),
+                                    ctypes.POINTER(ctypes.c_char_p)]
+        lib.posix_spawn_file_actions_init.argtypes = [vp]
+        lib.posix_spawn_file_actions_destroy.argtypes = [vp]
+        lib.posix_spawn_file_actions_adddup2.argtypes = [vp, ci, ci]
+        lib.posix_spawn_file_actions_addclose.argtypes = [vp, ci]
+        _LIBC = lib
+    return _LIBC
 
 
 def _c_strings(strings):
@@ -508,32 +535,52 @@ def _c_strings(strings):
     return arr
 
 
-def _place_fds(placements):
-    """In the forked child: put each (source fd, target number) in place and
-    close every other descriptor."""
-    # First copy every source above all targets (>= 2000), so that placing one
-    # cannot overwrite the source of another.
-    # Fix (found by tests/test_systemd.py): systemd starts services with a soft
-    # RLIMIT_NOFILE of 1024, where F_DUPFD 2000 fails with EINVAL and every
-    # request was refused.  Raise the soft limit in this child (up to the hard
-    # one); the agent sets the peer's limits before it starts the program.
+def _prepare_for_spawning():
+    """Once, before serving: every descriptor but 0-2 close-on-exec (one
+    inherited from whoever started us, or systemd's listening socket, must not
+    reach an agent), and room for the temporaries above AGENT_STATUS (systemd
+    starts services with a soft RLIMIT_NOFILE of 1024)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the directory's own descriptor, closed by now
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2000 + len(placements) + 1
+    need = TEMP_FD_BASE + MAX_FDS + 8
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    moved = [(fcntl.fcntl(src, fcntl.F_DUPFD, 2000), dst) for src, dst in placements]
-    keep = set()
-    for tmp, dst in moved:
-        os.dup2(tmp, dst, inheritable=True)
-        keep.add(dst)
-    top = max(keep) + 1
-    low = 0
-    for fd in sorted(keep):
-        # Only non-empty ranges: os.closerange(n, n) becomes close_range(n,
-        # UINT_MAX) on Linux and would close every placed descriptor.
-        if low < fd:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(top, 65536)
-    fl = fcntl.fcntl(AGENT_STATUS, fcntl.F_GETFD)
-    fcntl.fcntl(AGENT_STATUS, fcntl.F_SETFD, fl & ~fcntl.FD_CLOEXEC)
+
+
+def _spawn(helper, argv, env, placements):
+    """Start HELPER with ARGV and ENV (lists of bytes), each (source fd, target
+    number) of PLACEMENTS in place and nothing else inherited; return its PID."""
+    lib = _libc()
+    # Copies above every target first, so that placing one cannot overwrite
+    # the source of another (close-on-exec: they vanish at the exec).
+    temps = []
+    try:
+        for src, dst in placements:
+            temps.append((fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, TEMP_FD_BASE), dst))
+        fa = ctypes.create_string_buffer(_FILE_ACTIONS_SIZE)
+        if lib.posix_spawn_file_actions_init(fa) != 0:
+            raise OSError(errno.ENOMEM, "posix_spawn_file_actions_init")
+        try:
+            targets = {dst for _, dst in temps}
+            for n in (0, 1, 2):   # ours, where the client passed none: not inherited
+                if n not in targets:
+                    lib.posix_spawn_file_actions_addclose(fa, n)
+            for tmp, dst in temps:
+                lib.posix_spawn_file_actions_adddup2(fa, tmp, dst)
+            pid = ctypes.c_int(0)
+            rc = lib.posix_spawn(ctypes.byref(pid), helper, fa, None,
+                                 _c_strings(argv), _c_strings(env))
+            if rc != 0:
+                raise OSError(rc, "cannot start %s: %s" % (os.fsdecode(helper), os.strerror(rc)))
+            return pid.value
+        finally:
+            lib.posix_spawn_file_actions_destroy(fa)
+    finally:
+        for tmp, _ in temps:
+            os.close(tmp)
