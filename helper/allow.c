@@ -62,10 +62,11 @@ void allow_check_program(const char *program, int privileged, int check_owner,
 	case PARSE_OK:
 		break;
 	case PARSE_NONE:
-		die(EXIT_NOT_USABLE, "%.200s: not in the allow list", program);
+		die(EXIT_NOT_USABLE, "%.200s: not in the allow list; root may add its canonical "
+		    "path to %s", program, CGNETNS_ALLOW_PATH);
 	default:
-		die(EXIT_REFUSE, "allow list %s, line %u: not a canonical absolute path",
-		    CGNETNS_ALLOW_PATH, bad_line);
+		die(EXIT_REFUSE, "allow list %s, line %u: not a canonical absolute path; "
+		    "write the program's real path (readlink -f) there", CGNETNS_ALLOW_PATH, bad_line);
 	}
 	memcpy(out->path, entry, elen);
 	out->path[elen] = '\0';
