@@ -2,7 +2,6 @@
 namespaces, a private cgnetnsd, and scoped snapshots of host state."""
 
 import contextlib
-import errno
 import os
 import secrets
 import shutil

@@ -22,7 +22,6 @@ import socket
 import stat
 import struct
 import subprocess
-import sys
 import threading
 import time
 

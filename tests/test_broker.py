@@ -476,7 +476,6 @@ def test_t16_peer_that_exits_after_connecting_gets_nothing(henv, world, bsetup, 
 def test_t16_outsider_naming_a_build_process_gets_pass_through(henv, world, bsetup, broker):
     """An outsider passes a pidfd of a process in build a and names its PID:
     the broker asks the kernel who connected and answers for the outsider."""
-    p = world.a.run  # noqa: F841 (documentation: the member lives in a's cgroup)
     member = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs"; exec sleep 30',
                                world.a.cgroup_path])
     try:

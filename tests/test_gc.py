@@ -15,7 +15,6 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from cgnetns import cgroups, namespaces, records, tags
 from cgnetns.build import Build

@@ -22,7 +22,7 @@ from cgnetns import namespaces, resolve, tags
 from cgnetns.build import Build
 from cgnetns.cli import show
 
-from conftest import CGNETNS_RUN, PY, host_state, repo_env, run
+from conftest import CGNETNS_RUN, PY, repo_env, run
 
 
 MINE = ("show-", "all", "a-rather-long")
