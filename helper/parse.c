@@ -24,19 +24,17 @@ const char *base_name(const char *p)
 	return s ? s + 1 : p;
 }
 
-/* A cgroup path as found after "0::" (including the leading '/'):
- * components separated by single '/', none empty, "." or "..", no NUL.
- * "/" alone is the root.  Cgroup names cannot contain '\n'. */
-static int cgroup_path_ok(const char *p, size_t n)
+/* The components of P[1..n): none empty, "." or "..", none longer than 255
+ * bytes; no NUL, and with REJECT_CTL no blank or control character. */
+static int components_ok(const char *p, size_t n, int reject_ctl)
 {
-	if (n == 0 || p[0] != '/' || n >= CG_PATH_MAX)
-		return 0;
-	if (n == 1)
-		return 1;
 	size_t start = 1;
 	for (size_t i = 1; i <= n; i++) {
-		if (i < n && p[i] == '\0')
-			return 0;
+		if (i < n) {
+			unsigned char c = (unsigned char)p[i];
+			if (c == '\0' || (reject_ctl && (c <= 0x20 || c == 0x7f)))
+				return 0;
+		}
 		if (i == n || p[i] == '/') {
 			size_t len = i - start;
 			if (len == 0 || len > 255)
@@ -49,6 +47,16 @@ static int cgroup_path_ok(const char *p, size_t n)
 		}
 	}
 	return 1;
+}
+
+/* A cgroup path as found after "0::" (including the leading '/'): "/"
+ * alone (the root) or canonical components.  A cgroup name may hold blanks,
+ * so only NUL is refused; names cannot contain '\n'. */
+static int cgroup_path_ok(const char *p, size_t n)
+{
+	if (n == 0 || p[0] != '/' || n >= CG_PATH_MAX)
+		return 0;
+	return n == 1 || components_ok(p, n, 0);
 }
 
 enum parse_result parse_cgroup_file(const char *buf, size_t len,
@@ -163,25 +171,7 @@ int path_is_canonical(const char *p, size_t n)
 {
 	if (n < 2 || n >= CG_PATH_MAX || p[0] != '/')
 		return 0;
-	size_t start = 1;
-	for (size_t i = 1; i <= n; i++) {
-		if (i < n) {
-			unsigned char c = (unsigned char)p[i];
-			if (c <= 0x20 || c == 0x7f)
-				return 0;
-		}
-		if (i == n || p[i] == '/') {
-			size_t len = i - start;
-			if (len == 0 || len > 255)
-				return 0;
-			if (len == 1 && p[start] == '.')
-				return 0;
-			if (len == 2 && p[start] == '.' && p[start + 1] == '.')
-				return 0;
-			start = i + 1;
-		}
-	}
-	return 1;
+	return components_ok(p, n, 1);
 }
 
 static int is_blank(char c)
