@@ -137,6 +137,7 @@ class Build:
         self.pin_path = None
         self.identity = None
         self._record_fd = None
+        self._in_subtree = False
         self._made = []
         self._fault = fault or os.environ.get("CGNETNS_FAULT_POINT")
 
@@ -189,9 +190,11 @@ class Build:
                 self._made.append("record")
                 self._fault_point("after-record")
                 if make_cgroup:
-                    if parent == os.path.join(self.cgroup_root, cgroups.CGNETNS_SUBTREE):
-                        cgroups.ensure_dir(parent)
-                    cgroups.create(self.cgroup_path)
+                    # The <root>/cgnetns subtree exists only while builds do:
+                    # made here when missing, removed by the last teardown.
+                    self._in_subtree = parent == os.path.join(self.cgroup_root,
+                                                              cgroups.CGNETNS_SUBTREE)
+                    cgroups.create(self.cgroup_path, make_parent=self._in_subtree)
                     self._made.append("cgroup")
                 elif tags.read_raw_tag(self.cgroup_path) is not None:
                     raise CgnetnsError("cgroup %s is tagged already" % self.cgroup_path,
@@ -258,6 +261,8 @@ class Build:
                         namespaces.unpin(self.id, self.run_dir)
                     elif what == "cgroup":
                         cgroups.remove(self.cgroup_path)
+                        if self._in_subtree:
+                            cgroups.remove_if_empty(os.path.dirname(self.cgroup_path))
                     elif what == "record":
                         records.remove_record(self.id, self._record_fd, self.run_dir)
                         self._record_fd = None

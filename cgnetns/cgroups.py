@@ -104,15 +104,36 @@ def ensure_dir(path):
         pass
 
 
-def create(path):
-    """Create a new cgroup directory; it must not exist already."""
+def create(path, make_parent=False):
+    """Create a new cgroup directory; it must not exist already.
+
+    MAKE_PARENT: create the parent too when missing.  Another build's teardown
+    may remove that parent (remove_if_empty) between the two mkdirs: retry.
+    """
     try:
-        os.mkdir(path, 0o755)
+        for attempt in range(5):
+            if make_parent:
+                ensure_dir(os.path.dirname(path))
+            try:
+                os.mkdir(path, 0o755)
+                return
+            except FileNotFoundError:
+                if not make_parent or attempt == 4:
+                    raise
     except FileExistsError:
         raise CgnetnsError("cgroup %s exists already" % path, "run cgnetns-gc") from None
     except OSError as e:
         raise CgnetnsError("cannot create cgroup %s: %s" % (path, e.strerror),
                            "run as root on a writable cgroup2 hierarchy") from None
+
+
+def remove_if_empty(path):
+    """Remove the cgroup at PATH if nothing is in or below it; else leave it."""
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EBUSY):
+            raise
 
 
 def attach(path, pid=0):

@@ -254,6 +254,7 @@ def test_gc_leaves_a_populated_cgroup_without_record_alone(clean_host, cg2root):
         p.wait()
         cgroups.remove(stray)
         cgroups.remove(empty)
+        cgroups.remove_if_empty(base)
 
 
 def test_gc_bad_input_and_no_root():
