@@ -102,35 +102,29 @@ def encode_request(argv, env, fdnums):
     return HEADER.pack(MAGIC, len(payload), len(fdnums), 0), payload
 
 
-def peer_pidfd(sock, accepted_at_ticks, proc="/proc"):
-    """A pidfd for the connected peer, authenticated by the kernel.
+def peer_pidfd(sock, pid, proc="/proc"):
+    """A pidfd for the connected peer (PID from SO_PEERCRED), authenticated by
+    the kernel.
 
     SO_PEERPIDFD (6.5+) names the very process that connected.  Without it,
-    SO_PEERCRED gives a PID that may have been reused by the time we open it;
-    a process started after we accepted the connection cannot be the peer, so
-    a pidfd whose process started later is refused.
+    the PID may have been reused by the time we open it.  A process started
+    after this check began cannot be the peer, so a pidfd whose process
+    started later is refused; a reuse between the peer's connect() and this
+    check is not caught (this narrows the window, it does not close it --
+    kernels before 6.5 only).
     """
     try:
         return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     except OSError as e:
         if e.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
             raise
-    pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                    struct.calcsize("3i")))
+    accepted_at_ticks = _boot_ticks()
     fd = os.pidfd_open(pid)
     started = records.start_time(pid, proc)
     if started is None or started > accepted_at_ticks:
         os.close(fd)
         raise BadRequest("peer %d exited or its PID was reused" % pid)
     return fd
-
-
-def pid_of_pidfd(pidfd):
-    with open("/proc/self/fdinfo/%d" % pidfd) as f:
-        for line in f:
-            if line.startswith("Pid:"):
-                return int(line.split()[1])
-    return -1
 
 
 def _boot_ticks():
@@ -290,11 +284,10 @@ class Broker:
         sock.setblocking(False)
         c = Conn(sock, time.monotonic() + self.request_timeout)
         try:
-            c.pidfd = peer_pidfd(sock, _boot_ticks())
-            pid = pid_of_pidfd(c.pidfd)
             ucred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _, uid, _ = struct.unpack("3i", ucred)
-            c.peer = "pid=%d uid=%d" % (pid, uid)
+            pid, uid, _ = struct.unpack("3i", ucred)
+            c.peer = "pid=%d uid=%d" % (pid, uid)   # for the log; the agent asks the pidfd
+            c.pidfd = peer_pidfd(sock, pid)
         except (OSError, BadRequest) as e:
             self.log("peer not authenticated (%s): dropped" % e)
             if c.pidfd is not None:

@@ -25,9 +25,15 @@ SCOPED_MARK = "CGNETNS_RUN_IN_SCOPE"
 
 
 class _Stop(Exception):
+    """A forwarded signal arrived before the command existed: stop setting up."""
+
     def __init__(self, signum):
         super().__init__(signum)
         self.signum = signum
+
+
+def _ignore(signum, frame):
+    """Teardown must finish: signals arriving during it are not acted on."""
 
 
 def build_parser():
@@ -142,7 +148,6 @@ def run(argv):
     check_command(args.command[0])
 
     child = None
-    pending = []
 
     def on_signal(signum, frame):
         if child is None:
@@ -176,21 +181,12 @@ def run(argv):
                 raise
             raise CgnetnsError("%s: cannot execute: %s" % (args.command[0], e.strerror),
                                "make it executable for the build user", status=EXIT_NOEXEC) from None
-        while True:
-            try:
-                rc = child.wait()
-                break
-            except _Stop:  # pragma: no cover - only before the child exists
-                continue
-        # Teardown must finish: from here on, signals are recorded, not acted on.
-        for s in FORWARDED:
-            signal.signal(s, lambda signum, frame: pending.append(signum))
-        return status_of(rc)
+        return status_of(child.wait())
     except _Stop as e:
         return 128 + e.signum
     finally:
         for s in FORWARDED:
-            signal.signal(s, lambda signum, frame: pending.append(signum))
+            signal.signal(s, _ignore)
         try:
             build.close()
         finally:
@@ -200,8 +196,15 @@ def run(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    return run_main(PROG, run, argv, debug="--debug" in argv[:argv.index("--")]
-                    if "--" in argv else "--debug" in argv)
+    return run_main(PROG, run, argv, debug=_wants_debug(argv))
+
+
+def _wants_debug(argv):
+    """--debug among cgnetns-run's own options (not COMMAND's arguments)."""
+    try:
+        return parse(argv).debug
+    except CgnetnsError:
+        return False
 
 
 if __name__ == "__main__":
