@@ -180,7 +180,9 @@ static void take_limits(int proc_fd)
 static pid_t pidfd_pid(int pidfd)
 {
 	char buf[4096];
-	int fd = open("/proc/self/fdinfo/1000", O_RDONLY | O_CLOEXEC);
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		die_with_error(EXIT_REFUSE, "cannot read the peer's pidfd");
 	ssize_t n = read_full(fd, buf, sizeof buf - 1);
@@ -189,9 +191,8 @@ static pid_t pidfd_pid(int pidfd)
 		die(EXIT_REFUSE, "cannot read the peer's pidfd");
 	buf[n] = '\0';
 	const char *p = field(buf, "Pid:");
-	(void)pidfd;
 	if (!p)
-		die(EXIT_REFUSE, "fd %d is not a pidfd", AGENT_PIDFD);
+		die(EXIT_REFUSE, "fd %d is not a pidfd", pidfd);
 	return (pid_t)strtol(p, NULL, 10);
 }
 

@@ -170,12 +170,16 @@ static int ancestor_len(int up)
 	return len;
 }
 
-/* 1 when the subject is in the initial cgroup namespace (its nsfs inode is
- * the fixed PROC_CGROUP_INIT_INO); 0 when it is not or cannot be told. */
-static int subject_in_initial_cgroupns(const struct subject *s)
+/* 1 when this process is in the initial cgroup namespace (its nsfs inode
+ * is the fixed PROC_CGROUP_INIT_INO); 0 when it is not or cannot be told.
+ * The reader's namespace is the one that matters: /proc/PID/cgroup shows
+ * paths relative to the cgroup namespace of the process reading it (the
+ * helper itself on the set-user-ID path, the agent, in the host's, for the
+ * broker's peer). */
+static int reader_in_initial_cgroupns(void)
 {
 	struct stat st;
-	int fd = openat(s->proc_fd, "ns/cgroup", O_RDONLY | O_CLOEXEC);
+	int fd = open("/proc/self/ns/cgroup", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
 	int ok = fd_on_fs(fd, CG_NSFS_MAGIC) && fstat(fd, &st) == 0 &&
@@ -210,7 +214,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 	int leaf = fcntl(cg, F_DUPFD_CLOEXEC, 3);
 	if (leaf < 0)
 		die_with_error(EXIT_REFUSE, "cannot keep cgroup /%s", cg_rel);
-	if (!subject_in_initial_cgroupns(s) && !lists_pid(leaf, s->pid))
+	if (!reader_in_initial_cgroupns() && !lists_pid(leaf, s->pid))
 		die(EXIT_REFUSE, "process %d is not in cgroup /%s of the cgroup2 mount "
 		    "(cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
 	/* The broker's agent joins this very (checked) directory. */
