@@ -30,7 +30,15 @@ install: install-deps install-python install-scripts install-helper install-conf
 install-deps:
 	@tools/ensure-deps build
 
-install-python:
+# Python reads its paths from what this install compiles into the helper
+# (cgnetns/paths.py).
+cgnetns/_paths.py: FORCE
+	@printf '# written by make install (cgnetns/paths.py)\nPREFIX = "%s"\nBINDIR = "%s"\nPKGLIBDIR = "%s"\nSYSCONFDIR = "%s"\n' \
+	    '$(PREFIX)' '$(BINDIR)' '$(LIBDIR)' '$(SYSCONFDIR)' > $@.tmp && mv -f $@.tmp $@
+
+FORCE:
+
+install-python: cgnetns/_paths.py
 	$(PYEXE) -m pip install --quiet --root-user-action=ignore --disable-pip-version-check .
 
 install-scripts:
@@ -45,7 +53,8 @@ install-scripts:
 	done
 
 install-helper:
-	$(MAKE) -C helper install DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) BINDIR=$(BINDIR) LIBDIR=$(LIBDIR)
+	$(MAKE) -C helper install DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) BINDIR=$(BINDIR) LIBDIR=$(LIBDIR) \
+	    SYSCONFDIR=$(SYSCONFDIR)
 
 install-config:
 	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/cgnetns

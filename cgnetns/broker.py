@@ -1,178 +1,105 @@
 """cgnetnsd: the root broker for callers that cannot gain privilege.
 
-Owns the broker's side of doc/BROKER.rst: the listening socket (bound here, or
-handed over by systemd socket activation through LISTEN_FDS), authenticating
-each peer by the kernel (SO_PEERPIDFD; before Linux 6.5, SO_PEERCRED plus a
-pidfd and a start-time check), validating the request, and starting the helper
-in its ``--broker`` mode as real root for the peer.  The broker decides nothing
-about namespaces itself: the helper's code resolves, checks, joins and drops.
+Owns the broker's side of doc/BROKER.rst up to one point: the listening socket
+(bound here, or handed over by systemd socket activation through LISTEN_FDS),
+accepting connections, and starting the helper's ``--supervise`` mode for each
+with the connection on fd 3.  Everything else is the helper's: it asks the
+kernel who connected (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD), reads the
+request, decides with the set-user-ID path's own code, answers, and for a
+"join" becomes the supervisor that mints the caller's sockets in the approved
+namespace (helper/supervise.c, helper/notify.c).  The program is always the
+caller's own process; nothing here or there acts as the caller.
 
-One thread, one selector: a slow, broken or hostile connection is a state in a
-table, not a blocked thread; each has a deadline and a size limit, and is
-dropped with one log line.  Degrades: no SO_PEERPIDFD -> the fallback check;
-no pidfd_open (Linux < 5.3) -> refuse every request with a logged reason.
+This process reads no request, so an unprivileged peer cannot make it hold
+memory or descriptors.  What a peer can hold is a helper process for at most
+``protocol.HANDSHAKE_SECONDS`` (its own deadline; killed here after twice
+that): at most ``max_pending_per_uid`` of them per uid, and
+``max_pending`` in all.  A peer over its uid's share is dropped at once and
+others keep being served.  A joined supervisor is no longer counted: it lives
+in the caller's build cgroup with the caller's uid, so it is the build's.
+
+Degrades: no SO_PEERPIDFD (Linux < 6.5) -> the helper's fallback check (a
+pidfd by the connect's pid, refused when that pid names a newer process);
+no pidfd_open (< 5.3) -> every request refused by the helper, with a line
+in the log.
 """
 
-import ctypes
 import errno
 import fcntl
 import os
+import resource
 import selectors
 import signal
-import resource
 import socket
 import struct
 import sys
 import time
 
-from . import records
+from . import paths, records
 
-SOCKET_PATH = "/run/cgnetns/cgnetnsd.sock"
-LOCK_PATH = "/run/cgnetns/cgnetnsd.lock"
-HELPER = "/usr/local/bin/cgnetns-exec"
+SOCKET_PATH = paths.BROKER_SOCKET
+LOCK_PATH = paths.BROKER_LOCK
+HELPER = paths.HELPER
 
-MAGIC = b"CGN1"
-HEADER = struct.Struct("=4sIII")
-MAX_PAYLOAD = 4 << 20
-MAX_FDS = 65              # the cwd and at most 64 inherited descriptors
-MAX_ARGS = 65536
-MAX_FDNUM = 999
-AGENT_PIDFD, AGENT_CWD, AGENT_STATUS = 1000, 1001, 1002
+# The protocol (helper/protocol.h; tests/test_protocol.py checks they agree).
+MAGIC = b"CGN2"
+HEADER = struct.Struct("=4sII")
+NAME_MAX = 4096
+HANDSHAKE_SECONDS = 5
 
-SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)   # include/uapi/asm-generic/socket.h
-FORWARDED_SIGNALS = frozenset(int(s) for s in (
-    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
-    signal.SIGCONT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH))
+CONN_FD = 3   # where --supervise finds the connection
 
 
-class BadRequest(Exception):
-    """A request that does not validate; the connection is dropped."""
+def encode_request(program, flags=0):
+    """A client's request for PROGRAM (used by tests and tools)."""
+    name = os.fsencode(program)
+    return HEADER.pack(MAGIC, flags, len(name)) + name
 
 
-class Request:
-    __slots__ = ("argv", "env", "fdnums")
-
-    def __init__(self, argv, env, fdnums):
-        self.argv, self.env, self.fdnums = argv, env, fdnums
-
-
-def parse_header(data):
-    magic, length, nfds, flags = HEADER.unpack(data)
-    if magic != MAGIC:
-        raise BadRequest("bad magic %r" % magic)
-    if flags != 0:
-        raise BadRequest("unknown flags %#x" % flags)
-    if not 8 <= length <= MAX_PAYLOAD:
-        raise BadRequest("payload length %d out of range" % length)
-    if not 1 <= nfds <= MAX_FDS:
-        raise BadRequest("%d descriptors (1 to %d allowed)" % (nfds, MAX_FDS))
-    return length, nfds
+def escape(text):
+    """TEXT for one log line: every byte outside printable ASCII as \\xNN."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if 0x20 <= b < 0x7f and b != 0x5c else "\\x%02x" % b for b in text)
 
 
-def parse_payload(payload, nfds):
-    """Validate and decode the payload of a request with NFDS descriptors."""
-    if len(payload) < 8 + 4 * nfds:
-        raise BadRequest("payload too short")
-    argc, envc = struct.unpack_from("=II", payload, 0)
-    if not 1 <= argc <= MAX_ARGS or envc > MAX_ARGS:
-        raise BadRequest("argc %d / envc %d out of range" % (argc, envc))
-    fdnums = list(struct.unpack_from("=%di" % nfds, payload, 8))
-    if fdnums[0] != -1:
-        raise BadRequest("first descriptor is not the cwd")
-    rest = fdnums[1:]
-    if any(not 0 <= n <= MAX_FDNUM for n in rest) or len(set(rest)) != len(rest):
-        raise BadRequest("descriptor numbers out of range or repeated")
-    body = payload[8 + 4 * nfds:]
-    if argc + envc == 0 or not body.endswith(b"\0"):
-        raise BadRequest("strings are not NUL-terminated")
-    strings = body[:-1].split(b"\0")
-    if len(strings) != argc + envc:
-        raise BadRequest("%d strings, expected %d" % (len(strings), argc + envc))
-    argv, env = strings[:argc], strings[argc:]
-    if not argv[0]:
-        raise BadRequest("empty program name")
-    return Request(argv, env, fdnums)
+class Pending:
+    """A helper serving one connection, until it answers or ends."""
+    __slots__ = ("pid", "pidfd", "uid", "started")
 
-
-def encode_request(argv, env, fdnums):
-    """The header and payload for a request (used by tests and tools)."""
-    body = b"".join(os.fsencode(a) + b"\0" for a in list(argv) + list(env))
-    payload = struct.pack("=II", len(argv), len(env)) + struct.pack(
-        "=%di" % len(fdnums), *fdnums) + body
-    return HEADER.pack(MAGIC, len(payload), len(fdnums), 0), payload
-
-
-def peer_pidfd(sock, pid, proc="/proc"):
-    """A pidfd for the connected peer (PID from SO_PEERCRED), authenticated by
-    the kernel.
-
-    SO_PEERPIDFD (6.5+) names the very process that connected.  Without it,
-    the PID may have been reused by the time we open it.  A process started
-    after this check began cannot be the peer, so a pidfd whose process
-    started later is refused; a reuse between the peer's connect() and this
-    check is not caught (this narrows the window, it does not close it --
-    kernels before 6.5 only).
-    """
-    try:
-        return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-    except OSError as e:
-        if e.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
-            raise
-    accepted_at_ticks = _boot_ticks()
-    fd = os.pidfd_open(pid)
-    started = records.start_time(pid, proc)
-    if started is None or started > accepted_at_ticks:
-        os.close(fd)
-        raise BadRequest("peer %d exited or its PID was reused" % pid)
-    return fd
-
-
-def _boot_ticks():
-    with open("/proc/uptime") as f:
-        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK")) + 1
-
-
-class Conn:
-    """One client connection and, once started, its agent."""
-
-    def __init__(self, sock, deadline):
-        self.sock = sock
-        self.deadline = deadline
-        self.buf = b""
-        self.fds = []
-        self.length = None
-        self.nfds = None
-        self.pidfd = None
-        self.peer = "?"
-        self.agent_pid = None
-        self.agent_pidfd = None
-        self.status_r = None
-        self.status_buf = b""
-        self.sigbuf = b""
-        self.finished = False
-        self.program = None
+    def __init__(self, pid, pidfd, uid, started):
+        self.pid, self.pidfd, self.uid, self.started = pid, pidfd, uid, started
 
 
 class Broker:
-    def __init__(self, socket_path=SOCKET_PATH, helper=HELPER, max_conns=256,
-                 request_timeout=10.0, idle_exit=None, log=None, lock_path=None):
+    def __init__(self, socket_path=SOCKET_PATH, helper=HELPER, max_pending=256,
+                 max_pending_per_uid=32, idle_exit=None, log=None, lock_path=None,
+                 peer_auth="pidfd"):
         # One lock per socket: brokers on other sockets (tests, a private
         # instance) do not exclude the system's.
         if lock_path is None:
             lock_path = LOCK_PATH if socket_path == SOCKET_PATH else socket_path + ".lock"
+        if peer_auth not in ("pidfd", "peercred"):
+            raise ValueError("peer_auth must be 'pidfd' or 'peercred'")
         self.socket_path = socket_path
         self.helper = helper
-        self.max_conns = max_conns
-        self.request_timeout = request_timeout
+        self.max_pending = max_pending
+        self.max_pending_per_uid = max_pending_per_uid
         self.idle_exit = idle_exit
         self.lock_path = lock_path
+        self.argv = [b"cgnetns-helper", b"--supervise"] + (
+            [b"--peercred"] if peer_auth == "peercred" else [])
         self.log = log or (lambda msg: sys.stderr.write("cgnetnsd: %s\n" % msg))
         self.sel = None
         self.listener = None
-        self.conns = {}
+        self.pending = {}       # pidfd -> Pending
+        self.per_uid = {}       # uid -> count of pending
+        self.served = 0
+        self._devnull = None
         self._lock_fd = None
         self._stop = False
         self._activated = False
+        self._last_drop_log = {}
 
     # -- set-up -----------------------------------------------------------
     def listen(self):
@@ -191,7 +118,7 @@ class Broker:
                 try:
                     os.chmod(name, 0o666)
                 except OSError as e:
-                    self.log("cannot make %s mode 0666: %s" % (name, e))
+                    self.log("cannot make %s mode 0666: %s" % (escape(name), e))
         else:
             d = os.path.dirname(self.socket_path)
             os.makedirs(d, mode=0o755, exist_ok=True)
@@ -207,16 +134,18 @@ class Broker:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             s.bind(self.socket_path)
             os.chmod(self.socket_path, 0o666)  # any process may ask; the kernel says who it is
-            s.listen(1024)  # a burst of -j clients (or a flood) queues, not EAGAIN
+            s.listen(1024)  # a burst of -j clients queues, not EAGAIN
             self.listener = s
         self.listener.setblocking(False)
         _prepare_for_spawning()
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.sel = selectors.DefaultSelector()
-        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
 
     def close(self):
-        for c in list(self.conns.values()):
-            self._drop(c, None)
+        for p in list(self.pending.values()):
+            self._kill(p)
+            self._reap(p)
         if self.sel:
             self.sel.close()
         if self.listener is not None:
@@ -226,6 +155,8 @@ class Broker:
                     os.unlink(self.socket_path)
                 except FileNotFoundError:
                     pass
+        if self._devnull is not None:
+            os.close(self._devnull)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
@@ -236,32 +167,25 @@ class Broker:
     def serve(self):
         idle_since = time.monotonic()
         while not self._stop:
-            events = self.sel.select(timeout=0.5)
-            for key, mask in events:
-                kind, conn = key.data
+            for key, _ in self.sel.select(timeout=0.5):
                 try:
-                    if kind == "accept":
+                    if key.data is None:
                         # Drain the backlog: a flood must not keep a real
                         # client queued behind it in the kernel.
                         for _ in range(64):
                             if not self._accept():
                                 break
-                    elif kind == "client":
-                        self._on_client(conn)
-                    elif kind == "status":
-                        self._on_status(conn)
-                    elif kind == "agent":
-                        self._on_agent_exit(conn)
-                except Exception as e:  # one connection's trouble is its own
-                    if conn is not None:
-                        self._drop(conn, "internal error: %s" % e)
                     else:
-                        self.log("accept failed: %s" % e)
+                        self._reap(key.data)
+                except OSError as e:  # one connection's trouble is its own
+                    self.log("error: %s" % escape(str(e)))
             now = time.monotonic()
-            for c in list(self.conns.values()):
-                if c.agent_pid is None and now > c.deadline:
-                    self._drop(c, "request not complete within %gs" % self.request_timeout)
-            if self.conns:
+            for p in list(self.pending.values()):
+                if now - p.started > 2 * HANDSHAKE_SECONDS:
+                    self.log("uid=%d: request still in progress after %ds: killed"
+                             % (p.uid, 2 * HANDSHAKE_SECONDS))
+                    self._kill(p)
+            if self.pending:
                 idle_since = now
             elif self.idle_exit is not None and now - idle_since > self.idle_exit \
                     and not self._builds_alive():
@@ -273,307 +197,92 @@ class Broker:
 
     def _accept(self):
         try:
-            sock, _ = self.listener.accept()
+            conn, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
             return False
-        if len(self.conns) >= self.max_conns and not self._evict_oldest_pending():
-            self.log("too many connections (%d), all running: dropping a new one"
-                     % len(self.conns))
-            sock.close()
-            return True
-        sock.setblocking(False)
-        c = Conn(sock, time.monotonic() + self.request_timeout)
-        try:
-            ucred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _ = struct.unpack("3i", ucred)
-            c.peer = "pid=%d uid=%d" % (pid, uid)   # for the log; the agent asks the pidfd
-            c.pidfd = peer_pidfd(sock, pid)
-        except (OSError, BadRequest) as e:
-            self.log("peer not authenticated (%s): dropped" % e)
-            if c.pidfd is not None:
-                os.close(c.pidfd)
-            sock.close()
-            return True
-        self.conns[sock.fileno()] = c
-        self.sel.register(sock, selectors.EVENT_READ, ("client", c))
-        return True
-
-    def _evict_oldest_pending(self):
-        """Make room by dropping the connection that has waited longest without
-        completing its request.  A real client sends its whole request at once,
-        so only idle or slow connections are ever old: a flood of them cannot
-        lock well-behaved clients out for the length of the request timeout."""
-        pending = [c for c in self.conns.values() if c.agent_pid is None and not c.finished]
-        if not pending:
-            return False
-        oldest = min(pending, key=lambda c: c.deadline)
-        self._drop(oldest, "evicted: incomplete request while the broker is full")
-        return True
-
-    # -- client side --------------------------------------------------------
-    def _on_client(self, c):
-        if c.agent_pid is not None or c.finished:
-            return self._on_client_signal(c)
-        try:
-            data, anc, flags, _ = c.sock.recvmsg(
-                65536, socket.CMSG_SPACE(MAX_FDS * 4),
-                # Close-on-exec at once: no other connection's agent may
-                # inherit these (agents are spawned, not forked and cleaned).
-                socket.MSG_CMSG_CLOEXEC)
-        except (BlockingIOError, InterruptedError):
-            return
         except OSError as e:
-            return self._drop(c, "receive failed: %s" % e)
-        for level, typ, cdata in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                n = len(cdata) // 4
-                c.fds.extend(struct.unpack("%di" % n, cdata[:n * 4]))
-        if flags & socket.MSG_CTRUNC:
-            return self._drop(c, "too many descriptors")
-        if not data:
-            return self._drop(c, "client went away before its request was complete")
-        c.buf += data
+            # EMFILE and the like: the backlog waits; say so once a second.
+            self._drop_log(-1, "cannot accept: %s" % e)
+            return False
         try:
-            if c.length is None and len(c.buf) >= HEADER.size:
-                c.length, c.nfds = parse_header(c.buf[:HEADER.size])
-            if c.length is not None:
-                if len(c.buf) > HEADER.size + c.length:
-                    raise BadRequest("bytes after the request")
-                if len(c.fds) > c.nfds:
-                    raise BadRequest("more descriptors than announced")
-                if len(c.buf) == HEADER.size + c.length:
-                    if len(c.fds) != c.nfds:
-                        raise BadRequest("%d descriptors, %d announced" % (len(c.fds), c.nfds))
-                    req = parse_payload(c.buf[HEADER.size:], c.nfds)
-                    c.buf = b""
-                    self._start_agent(c, req)
-        except BadRequest as e:
-            self._drop(c, "bad request: %s" % e)
+            pid, uid, _ = struct.unpack("3i", conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if len(self.pending) >= self.max_pending:
+                self._drop_log(-1, "%d requests in progress: dropping new ones" % len(self.pending))
+                return True
+            if self.per_uid.get(uid, 0) >= self.max_pending_per_uid:
+                self._drop_log(uid, "uid=%d: %d requests in progress: dropping its new ones"
+                               % (uid, self.max_pending_per_uid))
+                return True
+            self._start(conn, uid)
+        finally:
+            conn.close()
+        return True
 
-    def _on_client_signal(self, c):
+    def _drop_log(self, key, msg):
+        now = time.monotonic()
+        if now - self._last_drop_log.get(key, -10.0) >= 1.0:
+            self._last_drop_log[key] = now
+            self.log(msg)
+
+    def _start(self, conn, uid):
+        # The helper gets the connection on fd 3, /dev/null on 0 and 1, our
+        # stderr (the log) on 2, an empty environment, and nothing else:
+        # every other descriptor here is close-on-exec.  posix_spawn is a
+        # vfork-style clone: no copy of this interpreter's page tables.
+        pid = os.posix_spawn(self.helper, self.argv, {}, file_actions=[
+            (os.POSIX_SPAWN_DUP2, conn.fileno(), CONN_FD),
+            (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+            (os.POSIX_SPAWN_DUP2, self._devnull, 1),
+        ])
         try:
-            data = c.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
+            pidfd = os.pidfd_open(pid)
         except OSError:
-            data = b""
-        if not data:
-            # The client is gone (killed?): its program goes with it.
-            if c.agent_pidfd is not None:
-                self._signal_agent(c, signal.SIGKILL)
-                self.log("%s: client went away: killed its program" % c.peer)
-            self.sel.unregister(c.sock)
-            c.finished = True
-            return
-        c.sigbuf += data
-        if len(c.sigbuf) > 4096:
-            return self._drop(c, "signal stream too long without newline", kill=True)
-        while b"\n" in c.sigbuf:
-            line, c.sigbuf = c.sigbuf.split(b"\n", 1)
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == b"sig" and parts[1].isdigit():
-                n = int(parts[1])
-                if n in FORWARDED_SIGNALS and c.agent_pidfd is not None:
-                    self._signal_agent(c, n)
+            os.waitpid(pid, 0)
+            raise
+        p = Pending(pid, pidfd, uid, time.monotonic())
+        self.pending[pidfd] = p
+        self.per_uid[uid] = self.per_uid.get(uid, 0) + 1
+        self.sel.register(pidfd, selectors.EVENT_READ, p)
+        self.served += 1
 
-    def _signal_agent(self, c, signo):
+    def _kill(self, p):
         try:
-            signal.pidfd_send_signal(c.agent_pidfd, signo)
+            signal.pidfd_send_signal(p.pidfd, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    # -- agent ---------------------------------------------------------------
-    def _start_agent(self, c, req):
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        argv = [b"cgnetns-exec", b"--broker", b"--"] + req.argv
-        placements = [(c.pidfd, AGENT_PIDFD), (c.fds[0], AGENT_CWD), (status_w, AGENT_STATUS)]
-        placements += list(zip(c.fds[1:], req.fdnums[1:]))
-        helper = os.fsencode(self.helper)
+    def _reap(self, p):
         try:
-            pid = _spawn(helper, argv, req.env, placements)
-        except BaseException:
-            os.close(status_r)
-            raise
-        finally:
-            os.close(status_w)
-        c.agent_pid = pid
-        c.agent_pidfd = os.pidfd_open(pid)
-        c.status_r = status_r
-        c.program = os.fsdecode(req.argv[0])
-        for fd in c.fds:
-            os.close(fd)
-        c.fds = []
-        os.set_blocking(status_r, False)
-        self.sel.register(status_r, selectors.EVENT_READ, ("status", c))
-        self.sel.register(c.agent_pidfd, selectors.EVENT_READ, ("agent", c))
-
-    def _on_status(self, c):
-        try:
-            data = os.read(c.status_r, 4096)
-        except BlockingIOError:
-            return
-        if not data:
-            self.sel.unregister(c.status_r)
-            os.close(c.status_r)
-            c.status_r = None
-            return
-        c.status_buf += data
-        while b"\n" in c.status_buf:
-            line, c.status_buf = c.status_buf.split(b"\n", 1)
-            self._relay(c, line)
-
-    def _relay(self, c, line):
-        word = line.split(b" ", 1)[0]
-        if word not in (b"pass", b"start", b"exit", b"signal", b"refuse"):
-            self.log("%s: agent said %r: ignored" % (c.peer, line[:80]))
-            return
-        if word in (b"pass", b"exit", b"signal", b"refuse"):
-            self.log("%s program=%s: %s" % (c.peer, c.program, line.decode("ascii", "replace")))
-        elif word == b"start":
-            self.log("%s program=%s: join" % (c.peer, c.program))
-        try:
-            c.sock.setblocking(True)
-            c.sock.settimeout(5)
-            c.sock.sendall(line + b"\n")
-            c.sock.setblocking(False)
-        except OSError:
-            pass
-        if word != b"start":
-            c.finished = True
-
-    def _on_agent_exit(self, c):
-        try:
-            os.waitpid(c.agent_pid, os.WNOHANG)
+            os.waitpid(p.pid, 0)
         except ChildProcessError:
             pass
-        # Drain the status pipe: its last line may come with the exit.
-        while c.status_r is not None:
-            before = c.status_r
-            self._on_status(c)
-            if c.status_r == before:
-                break
-        if not c.finished:
-            self.log("%s program=%s: agent ended without a verdict" % (c.peer, c.program))
-            self._relay(c, b"refuse 125")
-        self._drop(c, None)
-
-    def _drop(self, c, reason, kill=False):
-        if reason:
-            self.log("%s: dropped: %s" % (c.peer, reason))
-        if kill and c.agent_pidfd is not None:
-            self._signal_agent(c, signal.SIGKILL)
-        for fd in c.fds:
-            os.close(fd)
-        c.fds = []
-        for attr in ("status_r", "agent_pidfd", "pidfd"):
-            fd = getattr(c, attr)
-            if fd is not None:
-                try:
-                    self.sel.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-                os.close(fd)
-                setattr(c, attr, None)
-        if c.agent_pid is not None:
-            try:
-                os.waitpid(c.agent_pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
         try:
-            self.sel.unregister(c.sock)
+            self.sel.unregister(p.pidfd)
         except (KeyError, ValueError):
             pass
-        self.conns.pop(c.sock.fileno(), None)
-        c.sock.close()
-
-
-# -- starting the agent -------------------------------------------------------
-#
-# posix_spawn(3), not fork(): a fork of this interpreter costs about 1.1 ms more
-# per request here (page tables of the whole heap; measured with bench/), and
-# glibc's posix_spawn is a vfork-style clone.  It is called through ctypes for
-# one reason: os.posix_spawn takes the environment as a mapping, which would
-# lose entries without "=" and repeated names, and the client's environment
-# must pass byte for byte.  What the agent inherits is exactly: the placed
-# descriptors (dup2 clears their close-on-exec flag) and nothing else, because
-# every other descriptor of this process is close-on-exec
-# (_prepare_for_spawning, MSG_CMSG_CLOEXEC, and Python's own default).
-
-_LIBC = None
-_FILE_ACTIONS_SIZE = 256          # sizeof(posix_spawn_file_actions_t) is 80 in glibc
-TEMP_FD_BASE = AGENT_STATUS + 1   # temporaries above every target number
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        vp, ci = ctypes.c_void_p, ctypes.c_int
-        lib.posix_spawn.argtypes = [ctypes.POINTER(ci), ctypes.c_char_p, vp, vp,
-                                    ctypes.POINTER(ctypes.c_char_p),
-                                    ctypes.POINTER(ctypes.c_char_p)]
-        lib.posix_spawn_file_actions_init.argtypes = [vp]
-        lib.posix_spawn_file_actions_destroy.argtypes = [vp]
-        lib.posix_spawn_file_actions_adddup2.argtypes = [vp, ci, ci]
-        lib.posix_spawn_file_actions_addclose.argtypes = [vp, ci]
-        _LIBC = lib
-    return _LIBC
-
-
-def _c_strings(strings):
-    """A NULL-terminated char *[] of the byte strings."""
-    arr = (ctypes.c_char_p * (len(strings) + 1))()
-    arr[:len(strings)] = list(strings)
-    arr[len(strings)] = None
-    return arr
+        os.close(p.pidfd)
+        self.pending.pop(p.pidfd, None)
+        n = self.per_uid.get(p.uid, 1) - 1
+        if n:
+            self.per_uid[p.uid] = n
+        else:
+            self.per_uid.pop(p.uid, None)
 
 
 def _prepare_for_spawning():
     """Once, before serving: every descriptor but 0-2 close-on-exec (one
     inherited from whoever started us, or systemd's listening socket, must not
-    reach an agent), and room for the temporaries above AGENT_STATUS (systemd
-    starts services with a soft RLIMIT_NOFILE of 1024)."""
+    reach a helper), and a soft RLIMIT_NOFILE as high as the hard one (systemd
+    starts services with 1024; each pending request holds two descriptors)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2:
             try:
                 os.set_inheritable(fd, False)
-            except OSError:
-                pass  # the directory's own descriptor, closed by now
+            except OSError as e:
+                if e.errno != errno.EBADF:   # the listing's own descriptor
+                    raise
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = TEMP_FD_BASE + MAX_FDS + 8
-    if soft != resource.RLIM_INFINITY and soft < need:
+    if soft != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _spawn(helper, argv, env, placements):
-    """Start HELPER with ARGV and ENV (lists of bytes), each (source fd, target
-    number) of PLACEMENTS in place and nothing else inherited; return its PID."""
-    lib = _libc()
-    # Copies above every target first, so that placing one cannot overwrite
-    # the source of another (close-on-exec: they vanish at the exec).
-    temps = []
-    try:
-        for src, dst in placements:
-            temps.append((fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, TEMP_FD_BASE), dst))
-        fa = ctypes.create_string_buffer(_FILE_ACTIONS_SIZE)
-        if lib.posix_spawn_file_actions_init(fa) != 0:
-            raise OSError(errno.ENOMEM, "posix_spawn_file_actions_init")
-        try:
-            targets = {dst for _, dst in temps}
-            for n in (0, 1, 2):   # ours, where the client passed none: not inherited
-                if n not in targets:
-                    lib.posix_spawn_file_actions_addclose(fa, n)
-            for tmp, dst in temps:
-                lib.posix_spawn_file_actions_adddup2(fa, tmp, dst)
-            pid = ctypes.c_int(0)
-            rc = lib.posix_spawn(ctypes.byref(pid), helper, fa, None,
-                                 _c_strings(argv), _c_strings(env))
-            if rc != 0:
-                raise OSError(rc, "cannot start %s: %s" % (os.fsdecode(helper), os.strerror(rc)))
-            return pid.value
-        finally:
-            lib.posix_spawn_file_actions_destroy(fa)
-    finally:
-        for tmp, _ in temps:
-            os.close(tmp)

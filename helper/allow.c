@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "helper.h"
@@ -17,23 +18,13 @@
 /* Static: the helper allocates nothing on its privileged path. */
 static char allow_buf[ALLOW_MAX];
 
-void allow_check_program(const char *program, int privileged, int check_owner,
-			 struct program *out)
+/* Read the allow list into allow_buf; returns its length.  It may be mode
+ * 0600: read with the privilege we have.  It is opened by fixed path from
+ * "/", so the caller cannot substitute one (no symlink is followed, every
+ * directory is root's). */
+static size_t allow_read(int privileged, int check_owner)
 {
 	struct trust_error e;
-	size_t plen = strlen(program);
-
-	if (plen == 0)
-		die(EXIT_NOT_USABLE, "empty program name");
-	if (plen >= CG_PATH_MAX)
-		die(EXIT_NOT_USABLE, "program name too long");
-	if (program[0] != '/' && strchr(program, '/'))
-		die(EXIT_NOT_USABLE,
-		    "%.200s: name a program by absolute path or bare name", program);
-
-	/* The allow list may be mode 0600: read it with the privilege we have.
-	 * It is opened by fixed path from "/", so the caller cannot substitute
-	 * one (no symlink is followed, every directory is root's). */
 	int fd = open_trusted(CGNETNS_ALLOW_PATH, TRUST_FILE,
 			      O_RDONLY | O_NONBLOCK | O_NOCTTY, check_owner, &e);
 	if (fd < 0) {
@@ -54,11 +45,29 @@ void allow_check_program(const char *program, int privileged, int check_owner,
 	if ((size_t)n > sizeof allow_buf)
 		die(EXIT_REFUSE, "allow list %s is larger than %d bytes",
 		    CGNETNS_ALLOW_PATH, ALLOW_MAX);
+	return (size_t)n;
+}
+
+void allow_check_program(const char *program, int privileged, int check_owner,
+			 struct program *out)
+{
+	struct trust_error e;
+	size_t plen = strlen(program);
+
+	if (plen == 0)
+		die(EXIT_NOT_USABLE, "empty program name");
+	if (plen >= CG_PATH_MAX)
+		die(EXIT_NOT_USABLE, "program name too long");
+	if (program[0] != '/' && strchr(program, '/'))
+		die(EXIT_NOT_USABLE,
+		    "%.200s: name a program by absolute path or bare name", program);
+
+	size_t n = allow_read(privileged, check_owner);
 
 	const char *entry;
 	size_t elen;
 	unsigned bad_line;
-	switch (parse_allow(allow_buf, (size_t)n, program, &entry, &elen, &bad_line)) {
+	switch (parse_allow(allow_buf, n, program, &entry, &elen, &bad_line)) {
 	case PARSE_OK:
 		break;
 	case PARSE_NONE:
@@ -82,5 +91,41 @@ void allow_check_program(const char *program, int privileged, int check_owner,
 		if (e.err == ENOENT)
 			die(EXIT_NOT_FOUND, "%s: not found", out->path);
 		die_with_error(EXIT_NOT_USABLE, "%s", e.where);
+	}
+}
+
+/* The identities of every allow-listed executable (notify.c compares the
+ * executable of each task that asks for a socket with them), each held
+ * open, so that no other file can take its inode number while the
+ * supervisor runs.  Called after allow_check_program(), which has checked
+ * the whole list.  An entry that is missing or not safe to run is left out:
+ * it could not have been started through the helper either. */
+void allow_exe_set(struct exe_set *set)
+{
+	struct trust_error e;
+	struct stat st;
+	size_t len = allow_read(1, 1), pos = 0, elen;
+	unsigned lineno = 0;
+	const char *entry;
+	char path[CG_PATH_MAX];
+
+	set->n = 0;
+	while (parse_allow_next(allow_buf, len, &pos, &lineno, &entry, &elen) == PARSE_OK) {
+		if (set->n == EXE_SET_MAX)
+			die(EXIT_REFUSE, "allow list %s has more than %d entries",
+			    CGNETNS_ALLOW_PATH, EXE_SET_MAX);
+		memcpy(path, entry, elen);
+		path[elen] = '\0';
+		int fd = open_trusted(path, TRUST_FILE, O_PATH, 1, &e);
+		if (fd < 0)
+			continue;
+		if (fstat(fd, &st) < 0) {
+			close_quietly(fd);
+			continue;
+		}
+		set->e[set->n].fd = fd;
+		set->e[set->n].dev = st.st_dev;
+		set->e[set->n].ino = st.st_ino;
+		set->n++;
 	}
 }

@@ -174,7 +174,7 @@ static int ancestor_len(int up)
  * is the fixed PROC_CGROUP_INIT_INO); 0 when it is not or cannot be told.
  * The reader's namespace is the one that matters: /proc/PID/cgroup shows
  * paths relative to the cgroup namespace of the process reading it (the
- * helper itself on the set-user-ID path, the agent, in the host's, for the
+ * helper itself on the set-user-ID path, the supervisor, in the broker's, for the
  * broker's peer). */
 static int reader_in_initial_cgroupns(void)
 {
@@ -186,6 +186,14 @@ static int reader_in_initial_cgroupns(void)
 		 st.st_ino == CG_PROC_CGROUP_INIT_INO;
 	close_quietly(fd);
 	return ok;
+}
+
+static size_t tagged_len;
+
+const char *cgroup_tagged_path(size_t *len)
+{
+	*len = tagged_len;
+	return cg_rel;
 }
 
 int cgroup_find_tag(const struct subject *s, struct tag *t)
@@ -217,7 +225,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 	if (!reader_in_initial_cgroupns() && !lists_pid(leaf, s->pid))
 		die(EXIT_REFUSE, "process %d is not in cgroup /%s of the cgroup2 mount "
 		    "(cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
-	/* The broker's agent joins this very (checked) directory. */
+	/* The broker's supervisor is started in this very (checked) directory. */
 	if (s->cg_out) {
 		*s->cg_out = fcntl(cg, F_DUPFD_CLOEXEC, 3);
 		if (*s->cg_out < 0)
@@ -249,6 +257,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 				    alen, cg_rel);
 			switch (parse_tag(val, (size_t)r, t)) {
 			case PARSE_OK:
+				tagged_len = (size_t)alen;
 				close_quietly(cg);
 				close_quietly(root);
 				return 1;

@@ -12,7 +12,9 @@
  *   env.c     the environment handed to the program
  *   exec.c    the exec of the checked program
  *   client.c  without privilege: the request to the broker (doc/BROKER.rst)
- *   agent.c   --broker: act for the broker's peer (real root only)
+ *   notify.c  the seccomp filter, and the supervisor that mints sockets
+ *   supervise.c --supervise: the broker's side of a request (real root only)
+ *   front.c   main() of the dynamic, non-set-user-ID front cgnetns-exec
  *   util.c    messages and exit
  */
 #ifndef CGNETNS_HELPER_H
@@ -21,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "protocol.h"
 
 /* Exit statuses, as in DESIGN.md's contract (and env(1), nice(1)). */
 #define EXIT_REFUSE     125 /* a check failed: nothing run */
@@ -36,8 +40,12 @@
 #ifndef CGNETNS_BROKER_SOCKET
 #define CGNETNS_BROKER_SOCKET "/run/cgnetns/cgnetnsd.sock"
 #endif
+#ifndef CGNETNS_HELPER_PATH
+#define CGNETNS_HELPER_PATH "/usr/local/lib/cgnetns/cgnetns-helper"
+#endif
 #define CGNETNS_TAG_XATTR "trusted.cgnetns"
-#define SELF_NAME "cgnetns-exec"
+#define SELF_NAME "cgnetns-exec"     /* the name users type, and the message prefix */
+#define HELPER_NAME "cgnetns-helper" /* the set-user-ID helper's own name */
 
 #define TAG_MAX    255  /* longest tag value, FORMAT.rst */
 #define PIN_ID_MAX 100  /* longest pin ID, FORMAT.rst */
@@ -56,8 +64,18 @@ const char *errno_name(int e);
 ssize_t read_full(int fd, char *buf, size_t size);
 void close_quietly(int fd);
 int fd_on_fs(int fd, unsigned long magic);
-/* From now on die() also writes "WORD STATUS\n" to fd (agent.c). */
-void set_verdict_fd(int fd, const char *word);
+/* From now on die() answers the broker's client on fd ("refuse STATUS
+ * MESSAGE\n") and logs the message, after "cgnetnsd: CONTEXT: ", on fd 2
+ * (supervise.c).  fd -1: back to plain messages on fd 2. */
+void set_reply_fd(int fd, const char *context);
+/* One line on fd 2, every byte outside printable ASCII written as \xNN,
+ * so that no caller-chosen string can forge or split a log line. */
+__attribute__((format(printf, 1, 2)))
+void log_line(const char *fmt, ...);
+/* PROGRAM and its argv from the helper's argv: the basename of argv[0]
+ * when called through a masquerade symlink, else the first argument. */
+void program_from_argv(int argc, char **argv, const char **program, char ***prog_argv);
+int is_self_name(const char *argv0);
 
 /* ---- parse.c (pure: no I/O, no exit; fuzzed) ---- */
 struct tag {
@@ -83,6 +101,8 @@ int path_is_canonical(const char *p, size_t n);
  * bad line makes the whole list bad (PARSE_BAD, *bad_line set, 1-based).
  * PARSE_OK: *entry and *elen are the first matching entry (inside buf).
  * PARSE_NONE: no entry matches. */
+enum parse_result parse_allow_next(const char *buf, size_t len, size_t *pos,
+				   unsigned *lineno, const char **entry, size_t *elen);
 enum parse_result parse_allow(const char *buf, size_t len, const char *program,
 			      const char **entry, size_t *elen,
 			      unsigned *bad_line);
@@ -108,6 +128,16 @@ struct program {
 };
 void allow_check_program(const char *program, int privileged, int check_owner,
 			 struct program *out);
+#define EXE_SET_MAX 256
+struct exe_set {
+	int n;
+	struct {
+		int fd;
+		dev_t dev;
+		ino_t ino;
+	} e[EXE_SET_MAX];
+};
+void allow_exe_set(struct exe_set *set);
 
 /* ---- the subject: the process the decision is made for ---- */
 struct subject {
@@ -122,8 +152,11 @@ void subject_self(struct subject *s);
 int cgroup2_open_root(void);
 /* Opens the subject's cgroup2 directory (checked membership) and walks up
  * to the nearest tag.  Returns 1 and fills *t when a tag is found, 0 when
- * none is (pass-through); refuses (exits) on every failed check. */
+ * none is (pass-through); refuses (exits) on every failed check.  After a
+ * 1, cgroup_tagged_path() is the tagged cgroup's path below the cgroup2
+ * root (no leading '/'; empty for the root), and its length. */
 int cgroup_find_tag(const struct subject *s, struct tag *t);
+const char *cgroup_tagged_path(size_t *len);
 
 /* ---- pin.c ---- */
 struct ns_ident {
@@ -167,12 +200,25 @@ __attribute__((noreturn))
 void exec_program(const struct program *p, char **argv, char **envp);
 
 /* ---- client.c ---- */
-/* Without privilege: ask the broker.  Returns only when no broker answers
- * (the caller then runs the program unchanged); exits or execs otherwise. */
-void broker_client(const char *program, char **prog_argv, char **envp);
-
-/* ---- agent.c ---- */
+/* Without privilege: ask the broker, and run the program as it answers;
+ * when no broker answers, run it unchanged (allow list still applied). */
 __attribute__((noreturn))
-void agent_main(int argc, char **argv);
+void run_unprivileged(const char *program, char **prog_argv, char **envp);
+
+/* ---- notify.c ---- */
+struct supervision {
+	struct exe_set allowed; /* allow-listed executables */
+	const char *build;      /* tagged cgroup path, no leading '/' */
+	size_t build_len;
+};
+int notify_install_filter(void);
+int notify_is_listener(int fd);
+int notify_can_send_fds(int listener);
+__attribute__((noreturn))
+void notify_serve(int listener, int proc_fd, const struct supervision *sv);
+
+/* ---- supervise.c ---- */
+__attribute__((noreturn))
+void supervise_main(int argc, char **argv);
 
 #endif

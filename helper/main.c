@@ -1,10 +1,12 @@
 /* cgnetns-exec: run an allow-listed program in the network namespace that
  * root approved for the caller's build.
  *
- *   cgnetns-exec [--] PROGRAM [ARG...]
- *   NAME [ARG...]        (a symlink NAME -> cgnetns-exec: PROGRAM is NAME)
+ *   cgnetns-helper [--] PROGRAM [ARG...]   (exec'd by the front, front.c)
+ *   NAME [ARG...]     (argv[0] other than cgnetns-exec or cgnetns-helper: a
+ *                      masquerade, PROGRAM is NAME)
+ *   cgnetns-helper --supervise             (by cgnetnsd, as real root)
  *
- * Installed set-user-ID root.  The order below is the whole privileged path;
+ * Installed set-user-ID root, static.  The order below is the whole privileged path;
  * each step says why it is there.  Nothing of the environment, and nothing
  * of argv beyond the program's name, is read before the privilege drop. */
 #define _GNU_SOURCE
@@ -19,29 +21,6 @@
 
 #include "helper.h"
 
-#define USAGE "usage: " SELF_NAME " [--] PROGRAM [ARG...]"
-
-/* Without privilege the tag cannot be read (trusted.* is invisible without
- * CAP_SYS_ADMIN), so whether the caller is in a build cannot be told here:
- * the broker is asked (client.c).  When none answers, the program runs
- * unchanged -- no more than the caller could do itself -- and one line says
- * why it has no network.  That line is left out where no build can exist:
- * no pins directory means no build on this host (cgnetns-run makes it
- * before its first build), so the caller is provably in none. */
-static void no_broker_notice(const char *program, int connect_errno)
-{
-	struct stat st;
-	const char *why = "not set-user-ID root, a nosuid mount or a ptraced exec";
-	if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1)
-		why = "no_new_privs";
-	else if (!in_initial_userns())
-		why = "a user namespace";
-	if (lstat(CGNETNS_PINS_DIR, &st) == 0 || errno == EACCES)
-		note("no privilege (%s) and no broker at %s (%s): "
-		     "%.200s runs without network (in the current network namespace)",
-		     why, CGNETNS_BROKER_SOCKET, errno_name(connect_errno), program);
-}
-
 int main(int argc, char **argv)
 {
 	struct caller c;
@@ -49,20 +28,18 @@ int main(int argc, char **argv)
 	const char *program;
 	char **prog_argv;
 
-	/* Odd states, before anything else.  Kernels before 5.18 allowed
-	 * argc == 0; newer ones pass an empty argv[0].  Either way there is no
-	 * name to run by, and the masquerade rule below needs one. */
+	/* Odd states, before anything else: no name to run by. */
 	if (argc < 1 || !argv[0] || !argv[0][0])
 		die(EXIT_REFUSE, "refusing to run with an empty argv[0]");
 
-	/* The broker's agent: cgnetns-exec --broker -- PROGRAM [ARG...], started
-	 * by cgnetnsd as real root.  agent_main() refuses unless the real and
-	 * effective uids are 0 and the exec was not set-user-ID (AT_SECURE), so
-	 * the set-user-ID bit can never reach that mode.  Through a masquerade
-	 * symlink "--broker" is only the program's own argument. */
-	if (argc > 1 && strcmp(argv[1], "--broker") == 0 &&
-	    strcmp(base_name(argv[0]), SELF_NAME) == 0)
-		agent_main(argc, argv);
+	/* The broker's side of one request: cgnetns-helper --supervise, started
+	 * by cgnetnsd as real root with the connection on fd 3.
+	 * supervise_main() refuses unless the real and effective uids are 0
+	 * and the exec was not set-user-ID (AT_SECURE), so the set-user-ID bit
+	 * can never reach that mode.  Through a masquerade symlink
+	 * "--supervise" is only the program's own argument. */
+	if (argc > 1 && strcmp(argv[1], "--supervise") == 0 && is_self_name(argv[0]))
+		supervise_main(argc, argv);
 
 	caller_get(&c);
 	/* Set-user-ID to anyone but root is an installation mistake, and a
@@ -85,20 +62,7 @@ int main(int argc, char **argv)
 
 	/* PROGRAM: the basename of argv[0] when called through a masquerade
 	 * symlink (argv passed unchanged), else the first argument. */
-	if (strcmp(base_name(argv[0]), SELF_NAME) != 0) {
-		program = base_name(argv[0]);
-		prog_argv = argv;
-	} else {
-		int i = 1;
-		if (i < argc && strcmp(argv[i], "--") == 0)
-			i++;
-		else if (i < argc && argv[i][0] == '-')
-			die(EXIT_REFUSE, "unknown option %.100s; " USAGE, argv[i]);
-		if (i >= argc)
-			die(EXIT_REFUSE, USAGE);
-		program = argv[i];
-		prog_argv = argv + i;
-	}
+	program_from_argv(argc, argv, &program, &prog_argv);
 
 	/* elevated: the set-user-ID bit took effect (what must be given back).
 	 * privileged: it is worth something here (see have_privilege()). */
@@ -113,20 +77,13 @@ int main(int argc, char **argv)
 
 	if (!privileged) {
 		/* Give back what a set-user-ID exec without privilege gave (root
-		 * without capabilities), then ask the broker: it decides with
-		 * the same code, as real root, for this process.  It returns only
-		 * when no broker answers. */
-		char **envp;
+		 * without capabilities), then ask the broker (client.c): it
+		 * decides with the same code, as real root, for this process. */
 		if (elevated) {
 			env_prepare();
 			drop_privileges(&c);
 		}
-		envp = env_for_program();
-		broker_client(program, prog_argv, envp);
-		int connect_errno = errno;
-		allow_check_program(program, 0, in_initial_userns(), &prog);
-		no_broker_notice(program, connect_errno);
-		exec_program(&prog, prog_argv, envp);
+		run_unprivileged(program, prog_argv, env_for_program());
 	}
 
 	/* The allow list first: a program that is not on it is refused (126)

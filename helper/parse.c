@@ -179,65 +179,91 @@ static int is_blank(char c)
 	return c == ' ' || c == '\t';
 }
 
-enum parse_result parse_allow(const char *buf, size_t len, const char *program,
-			      const char **entry, size_t *elen,
-			      unsigned *bad_line)
+/* The allow list, one entry at a time from *pos: PARSE_OK with the entry
+ * (inside buf), PARSE_NONE at the end, PARSE_BAD (*bad_line set, 1-based)
+ * for a line that is not a canonical absolute path.  *lineno counts lines
+ * (start at 0).  Callers that use an entry check the whole list first
+ * (allow_list_valid): one bad line makes the whole list bad. */
+enum parse_result parse_allow_next(const char *buf, size_t len, size_t *pos,
+				   unsigned *lineno, const char **entry, size_t *elen)
 {
-	size_t plen = strlen(program);
-	int absolute = plen > 0 && program[0] == '/';
-	const char *match = NULL;
-	size_t mlen = 0;
-	unsigned lineno = 0;
-	size_t pos = 0;
-
-	*bad_line = 0;
-	if (memchr(buf, '\0', len)) {
-		const char *z = memchr(buf, '\0', len);
-		unsigned l = 1;
-		for (const char *c = buf; c < z; c++)
-			l += *c == '\n';
-		*bad_line = l;
-		return PARSE_BAD;
-	}
-	while (pos < len) {
-		const char *nl = memchr(buf + pos, '\n', len - pos);
+	while (*pos < len) {
+		const char *nl = memchr(buf + *pos, '\n', len - *pos);
 		size_t end = nl ? (size_t)(nl - buf) : len;
-		size_t a = pos, b = end;
-		lineno++;
-		pos = end + 1;
+		size_t a = *pos, b = end;
+		(*lineno)++;
+		*pos = end + 1;
 		while (a < b && is_blank(buf[a]))
 			a++;
 		while (b > a && is_blank(buf[b - 1]))
 			b--;
 		if (a == b || buf[a] == '#')
 			continue;
-		if (!path_is_canonical(buf + a, b - a)) {
-			*bad_line = lineno;
+		if (!path_is_canonical(buf + a, b - a))
 			return PARSE_BAD;
-		}
-		if (match)
-			continue; /* keep checking the rest of the list */
-		const char *e = buf + a;
-		size_t n = b - a;
+		*entry = buf + a;
+		*elen = b - a;
+		return PARSE_OK;
+	}
+	return PARSE_NONE;
+}
+
+/* PARSE_OK when every line is good; else PARSE_BAD with *bad_line. */
+static enum parse_result allow_list_valid(const char *buf, size_t len, unsigned *bad_line)
+{
+	const char *z = memchr(buf, '\0', len);
+	size_t pos = 0;
+	unsigned lineno = 0;
+	const char *e;
+	size_t n;
+	enum parse_result r;
+
+	*bad_line = 0;
+	if (z) {
+		unsigned l = 1;
+		for (const char *c = buf; c < z; c++)
+			l += *c == '\n';
+		*bad_line = l;
+		return PARSE_BAD;
+	}
+	while ((r = parse_allow_next(buf, len, &pos, &lineno, &e, &n)) == PARSE_OK)
+		;
+	if (r == PARSE_BAD) {
+		*bad_line = lineno;
+		return PARSE_BAD;
+	}
+	return PARSE_OK;
+}
+
+enum parse_result parse_allow(const char *buf, size_t len, const char *program,
+			      const char **entry, size_t *elen,
+			      unsigned *bad_line)
+{
+	size_t plen = strlen(program);
+	int absolute = plen > 0 && program[0] == '/';
+	size_t pos = 0;
+	unsigned lineno = 0;
+	const char *e;
+	size_t n;
+
+	if (allow_list_valid(buf, len, bad_line) != PARSE_OK)
+		return PARSE_BAD;
+	while (parse_allow_next(buf, len, &pos, &lineno, &e, &n) == PARSE_OK) {
 		if (absolute) {
-			if (n == plen && memcmp(e, program, n) == 0) {
-				match = e;
-				mlen = n;
-			}
+			if (n == plen && memcmp(e, program, n) == 0)
+				goto found;
 		} else if (plen > 0) {
 			const char *slash = e + n;
 			while (slash > e && slash[-1] != '/')
 				slash--;
 			size_t blen = (size_t)(e + n - slash);
-			if (blen == plen && memcmp(slash, program, plen) == 0) {
-				match = e;
-				mlen = n;
-			}
+			if (blen == plen && memcmp(slash, program, plen) == 0)
+				goto found;
 		}
 	}
-	if (!match)
-		return PARSE_NONE;
-	*entry = match;
-	*elen = mlen;
+	return PARSE_NONE;
+found:
+	*entry = e;
+	*elen = n;
 	return PARSE_OK;
 }

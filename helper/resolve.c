@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -31,6 +32,28 @@ void resolve(const struct subject *s, struct verdict *v)
 
 	v->kind = VERDICT_NONE;
 	v->pin_fd = -1;
+
+	/* Step 0, one rule for both paths: the subject reads its cgroup file in
+	 * the resolver's cgroup namespace.  /proc/PID/cgroup shows paths
+	 * relative to the reader's namespace; a subject in another one (made
+	 * with unshare -C, which needs a user namespace, so always a broker
+	 * peer) would be judged by a path it does not see.  Refused, as the
+	 * set-user-ID path refuses a path that does not name its cgroup. */
+	if (s->pid != getpid()) {
+		struct stat a, b;
+		int fa = openat(s->proc_fd, "ns/cgroup", O_RDONLY | O_CLOEXEC);
+		int fb = open("/proc/self/ns/cgroup", O_RDONLY | O_CLOEXEC);
+		int ok = fa >= 0 && fb >= 0 && fstat(fa, &a) == 0 && fstat(fb, &b) == 0;
+		close_quietly(fa);
+		close_quietly(fb);
+		if (!ok)
+			die_with_error(EXIT_REFUSE, "cannot compare the cgroup namespace of process %d",
+				       (int)s->pid);
+		if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+			die(EXIT_REFUSE, "process %d is in a cgroup namespace of its own: its cgroup "
+			    "cannot be told; call the program from the build's own cgroup namespace",
+			    (int)s->pid);
+	}
 
 	/* Steps 1-4: cgroup, membership, nearest tag, tagged dir owned by root. */
 	if (!cgroup_find_tag(s, &v->tag))

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -61,27 +62,102 @@ const char *errno_name(int e)
 	return buf;
 }
 
+/* Format into line (after its first `skip` bytes); returns the length. */
+__attribute__((format(printf, 3, 0)))
+static size_t format(char *line, size_t skip, const char *fmt, va_list ap, int err)
+{
+	size_t n = skip;
+	int r = vsnprintf(line + n, LINE_MAX_BYTES - n - 1, fmt, ap);
+	if (r < 0)
+		r = 0;
+	n += (size_t)r < LINE_MAX_BYTES - n - 1 ? (size_t)r : LINE_MAX_BYTES - n - 2;
+	if (err && n < LINE_MAX_BYTES - 1) {
+		int k = snprintf(line + n, LINE_MAX_BYTES - n - 1, ": %s", errno_name(err));
+		if (k > 0)
+			n += (size_t)k < LINE_MAX_BYTES - n - 1 ? (size_t)k : LINE_MAX_BYTES - n - 2;
+	}
+	return n;
+}
+
+/* Copy src (n bytes) to fd 2 as one line, every byte outside printable
+ * ASCII as \xNN: a caller-chosen string (a program name with a newline)
+ * cannot forge or split a line of the broker's log. */
+static void write_escaped(const char *src, size_t n)
+{
+	char out[4 * LINE_MAX_BYTES + 2];
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)src[i];
+		if (c >= 0x20 && c < 0x7f && c != '\\') {
+			out[o++] = (char)c;
+		} else {
+			static const char hex[] = "0123456789abcdef";
+			out[o++] = '\\';
+			out[o++] = 'x';
+			out[o++] = hex[c >> 4];
+			out[o++] = hex[c & 15];
+		}
+	}
+	out[o++] = '\n';
+	ssize_t w = write(STDERR_FILENO, out, o);
+	(void)w;
+}
+
+/* The broker's side of a request (supervise.c): refusals go to the client
+ * on the connection, and to the broker's log on fd 2. */
+static int reply_fd = -1;
+static char reply_context[256];
+
+void set_reply_fd(int fd, const char *context)
+{
+	reply_fd = fd;
+	snprintf(reply_context, sizeof reply_context, "%s", context ? context : "");
+}
+
+void log_line(const char *fmt, ...)
+{
+	char line[LINE_MAX_BYTES];
+	int saved = errno;
+	va_list ap;
+	va_start(ap, fmt);
+	size_t n = format(line, 0, fmt, ap, 0);
+	va_end(ap);
+	write_escaped(line, n);
+	errno = saved;
+}
+
 /* Format, make printable (the program name comes from the caller: no
  * control characters, so the message stays one line), write once. */
 __attribute__((format(printf, 1, 0)))
-static void emit(const char *fmt, va_list ap, int err)
+static void emit(const char *fmt, va_list ap, int err, int status)
 {
 	char line[LINE_MAX_BYTES];
-	size_t n = strlen(PREFIX);
-	memcpy(line, PREFIX, n);
-	int r = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
-	if (r < 0)
-		r = 0;
-	n += (size_t)r < sizeof line - n - 1 ? (size_t)r : sizeof line - n - 2;
-	if (err && n < sizeof line - 1) {
-		int k = snprintf(line + n, sizeof line - n - 1, ": %s", errno_name(err));
-		if (k > 0)
-			n += (size_t)k < sizeof line - n - 1 ? (size_t)k : sizeof line - n - 2;
-	}
-	for (size_t i = strlen(PREFIX); i < n; i++) {
+	size_t p = strlen(PREFIX);
+	memcpy(line, PREFIX, p);
+	size_t n = format(line, p, fmt, ap, err);
+	for (size_t i = p; i < n; i++) {
 		unsigned char c = (unsigned char)line[i];
 		if (c < 0x20 || c == 0x7f)
 			line[i] = '?';
+	}
+	if (reply_fd >= 0 && status >= 0) {
+		/* "refuse STATUS MESSAGE\n" to the client, which prints the
+		 * message itself: this process never writes into a
+		 * descriptor of the caller's. */
+		char ans[LINE_MAX_BYTES + 16];
+		int k = snprintf(ans, sizeof ans, "refuse %d %.*s\n", status,
+				 (int)(n - p), line + p);
+		if (k > 0) {
+			ssize_t w = send(reply_fd, ans, (size_t)k < sizeof ans ? (size_t)k : sizeof ans - 1,
+					 MSG_NOSIGNAL | MSG_DONTWAIT);
+			(void)w;
+		}
+		char logl[LINE_MAX_BYTES + 300];
+		k = snprintf(logl, sizeof logl, "cgnetnsd: %s: refuse %d: %.*s", reply_context,
+			     status, (int)(n - p), line + p);
+		if (k > 0)
+			write_escaped(logl, (size_t)k < sizeof logl ? (size_t)k : sizeof logl - 1);
+		return;
 	}
 	line[n++] = '\n';
 	ssize_t w = write(STDERR_FILENO, line, n);
@@ -93,44 +169,18 @@ void note(const char *fmt, ...)
 	int saved = errno;
 	va_list ap;
 	va_start(ap, fmt);
-	emit(fmt, ap, 0);
+	emit(fmt, ap, 0, -1);
 	va_end(ap);
 	errno = saved;
-}
-
-/* The broker's agent (agent.c) answers on a status pipe: every refusal
- * there is also a status line ("refuse N", or "exit N" once the program has
- * been announced), written after the message on fd 2. */
-static int verdict_fd = -1;
-static const char *verdict_word = "refuse";
-
-void set_verdict_fd(int fd, const char *word)
-{
-	verdict_fd = fd;
-	verdict_word = word;
-}
-
-__attribute__((noreturn))
-static void finish(int status)
-{
-	if (verdict_fd >= 0) {
-		char line[32];
-		int n = snprintf(line, sizeof line, "%s %d\n", verdict_word, status);
-		if (n > 0) {
-			ssize_t w = write(verdict_fd, line, (size_t)n);
-			(void)w;
-		}
-	}
-	_exit(status);
 }
 
 void die(int status, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	emit(fmt, ap, 0);
+	emit(fmt, ap, 0, status);
 	va_end(ap);
-	finish(status);
+	_exit(status);
 }
 
 void die_with_error(int status, const char *fmt, ...)
@@ -138,9 +188,40 @@ void die_with_error(int status, const char *fmt, ...)
 	int err = errno;
 	va_list ap;
 	va_start(ap, fmt);
-	emit(fmt, ap, err);
+	emit(fmt, ap, err, status);
 	va_end(ap);
-	finish(status);
+	_exit(status);
+}
+
+int is_self_name(const char *argv0)
+{
+	const char *b = base_name(argv0);
+	return strcmp(b, SELF_NAME) == 0 || strcmp(b, HELPER_NAME) == 0;
+}
+
+#define USAGE "usage: " SELF_NAME " [--] PROGRAM [ARG...]"
+
+void program_from_argv(int argc, char **argv, const char **program, char ***prog_argv)
+{
+	/* Kernels before 5.18 allowed argc == 0; newer ones pass an empty
+	 * argv[0].  Either way there is no name to run by, and the masquerade
+	 * rule below needs one. */
+	if (argc < 1 || !argv[0] || !argv[0][0])
+		die(EXIT_REFUSE, "refusing to run with an empty argv[0]");
+	if (!is_self_name(argv[0])) {
+		*program = base_name(argv[0]);
+		*prog_argv = argv;
+		return;
+	}
+	int i = 1;
+	if (i < argc && strcmp(argv[i], "--") == 0)
+		i++;
+	else if (i < argc && argv[i][0] == '-')
+		die(EXIT_REFUSE, "unknown option %.100s; " USAGE, argv[i]);
+	if (i >= argc)
+		die(EXIT_REFUSE, USAGE);
+	*program = argv[i];
+	*prog_argv = argv + i;
 }
 
 /* Read until EOF or until buf is full.  Returns the byte count, size + 1

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from .. import __version__
-from ..broker import Broker, HELPER, SOCKET_PATH
+from ..broker import Broker, HELPER, SOCKET_PATH, escape
 from ..build import require_root
 from . import Parser, run_main
 
@@ -21,17 +21,24 @@ def build_parser():
     p = Parser(
         prog=PROG, allow_abbrev=False,
         description="Broker for cgnetns-exec callers that cannot gain privilege "
-                    "(no_new_privs, nosuid, ptrace, user namespaces): starts allow-listed "
-                    "programs for them in their build's approved network namespace.")
+                    "(no_new_privs, nosuid, ptrace, user namespaces): decides for the "
+                    "process that connects, and makes the sockets of its allow-listed "
+                    "programs in its build's approved network namespace.")
     p.add_argument("--socket", metavar="PATH", default=SOCKET_PATH,
                    help="listen on PATH (default: %(default)s); a socket passed by systemd "
                         "socket activation (LISTEN_FDS) is used instead when present")
     p.add_argument("--helper", metavar="PATH", default=HELPER,
-                   help="the cgnetns-exec binary that does the work (default: %(default)s)")
-    p.add_argument("--max-connections", type=int, default=256, metavar="N",
-                   help="connections served at once; more are dropped (default: %(default)s)")
-    p.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="time a client has to send its whole request (default: %(default)s)")
+                   help="the set-user-ID helper whose --supervise mode serves each "
+                        "connection (default: %(default)s)")
+    p.add_argument("--max-pending", type=int, default=256, metavar="N",
+                   help="requests in progress at once; more are dropped (default: %(default)s)")
+    p.add_argument("--max-pending-per-uid", type=int, default=32, metavar="N",
+                   help="requests in progress at once from one uid (default: %(default)s)")
+    p.add_argument("--peer-auth", choices=("pidfd", "peercred"), default="pidfd",
+                   help="pidfd: the kernel's SO_PEERPIDFD (Linux 6.5), falling back to "
+                        "peercred where the kernel lacks it; peercred: always the fallback "
+                        "(a pidfd by the connect's pid, refused when that pid names a newer "
+                        "process)")
     p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                    help="exit after SECONDS with no connection and no live build")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -43,8 +50,9 @@ def serve(argv):
     args = build_parser().parse_args(argv)
     require_root()
     broker = Broker(socket_path=args.socket, helper=args.helper,
-                    max_conns=args.max_connections, request_timeout=args.request_timeout,
-                    idle_exit=args.idle_exit)
+                    max_pending=args.max_pending,
+                    max_pending_per_uid=args.max_pending_per_uid,
+                    idle_exit=args.idle_exit, peer_auth=args.peer_auth)
     try:
         broker.listen()
     except (RuntimeError, OSError) as e:
@@ -53,7 +61,8 @@ def serve(argv):
     signal.signal(signal.SIGTERM, broker.stop)
     signal.signal(signal.SIGINT, broker.stop)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    broker.log("serving %s with %s (pid %d)" % (args.socket, args.helper, os.getpid()))
+    broker.log("serving %s with %s (pid %d)" % (escape(args.socket), escape(args.helper),
+                                                os.getpid()))
     try:
         broker.serve()
     finally:

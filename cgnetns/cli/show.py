@@ -25,18 +25,18 @@ import sys
 import textwrap
 import time
 
-from .. import __version__, _sys, cgroups, namespaces, resolve
+from .. import __version__, _sys, cgroups, namespaces, paths, resolve
 from ..errors import CgnetnsError, EXIT_USAGE, PlacementError
 from . import Parser, run_main
 
 PROG = "cgnetns-show"
 WIDTH = 100
-HELPER = "/usr/local/bin/cgnetns-exec"
+HELPER = paths.HELPER
 # Allow-listed, these run any program with the network (THREATS.md, "the boundary").
 LAUNCHERS = frozenset("""env sh bash dash zsh ksh mksh csh tcsh fish busybox toybox nice nohup
     setsid timeout xargs find sudo su doas runuser setpriv chroot nsenter unshare stdbuf
     ionice chrt taskset flock script expect make ssh""".split())
-BROKER_SOCKET = "/run/cgnetns/cgnetnsd.sock"
+BROKER_SOCKET = paths.BROKER_SOCKET
 
 
 def build_parser():
@@ -307,18 +307,16 @@ def _elf_interp(path):
 
 
 def find_helper():
-    if os.path.lexists(HELPER):
-        return HELPER
-    return shutil.which("cgnetns-exec")
+    return HELPER if os.path.lexists(HELPER) else None
 
 
 def check_helper(helper=None):
     checks = []
     helper = helper or find_helper()
     if helper is None or not os.path.lexists(helper):
-        return [Check("helper", "fail", "cgnetns-exec is not installed (not at %s nor on PATH)"
+        return [Check("helper", "fail", "the set-user-ID helper is not installed (not at %s)"
                       % HELPER, "run make install in a cgnetns checkout")]
-    checks.append(Check("helper", "ok", "cgnetns-exec at %s" % helper))
+    checks.append(Check("helper", "ok", "set-user-ID helper at %s" % helper))
     st = os.stat(helper)
     problems = []
     if st.st_uid != 0:

@@ -1,0 +1,345 @@
+/* supervise.c: cgnetns-helper --supervise [--peercred], the broker's side of
+ * one request (doc/BROKER.rst).
+ *
+ * cgnetnsd, as real root, accepts a connection and starts this mode with it
+ * on fd 3.  The decision is the set-user-ID path's own code (allow.c,
+ * resolve.c), made for the process that connected instead of for itself.
+ * What happens for a "join" is not to act as the caller: this process only
+ * becomes the supervisor that mints the caller's sockets (notify.c), and the
+ * caller's own process runs the program.
+ *
+ * Who the caller is comes from the kernel's record of the connect() only:
+ * SO_PEERCRED (pid, uid, gid at connect), SO_PEERGROUPS (groups at connect)
+ * and SO_PEERPIDFD (the very process that connected; Linux 6.5).  Nothing the
+ * client sends is believed, and no credential is read later from /proc
+ * (a peer may exec a set-user-ID program after connecting).  The client
+ * chooses only the program's name, checked against the allow list.
+ *
+ * Every phase runs under one deadline (alarm, BROKER_HANDSHAKE_SECONDS): a
+ * client that stalls costs one process for that long, counted against its
+ * uid by cgnetnsd.  Nothing is written to a descriptor of the caller's; the
+ * answers go on the connection, without blocking, and the log to fd 2. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "helper.h"
+
+#define CONN 3
+#define GROUPS_MAX 65536
+
+static gid_t peer_groups[GROUPS_MAX];
+static struct supervision sv;
+
+struct peer {
+	struct {
+		pid_t pid;
+		uid_t uid;
+		gid_t gid;
+	} cred;
+	int ngroups;
+	int pidfd;
+};
+
+static void say(const char *line)
+{
+	size_t n = strlen(line);
+	if (send(CONN, line, n, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)n)
+		_exit(EXIT_REFUSE); /* the client has gone, or does not read */
+}
+
+/* Field 22 of /proc/<dir>/stat: the start time in clock ticks after boot. */
+static unsigned long long start_time(int dirfd, const char *name)
+{
+	char buf[1024];
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ~0ULL;
+	ssize_t n = read_full(fd, buf, sizeof buf - 1);
+	close_quietly(fd);
+	if (n <= 0 || (size_t)n >= sizeof buf - 1)
+		return ~0ULL;
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	for (int field = 2; p && field < 22; field++)
+		p = strchr(p + 1, ' ');
+	return p ? strtoull(p + 1, NULL, 10) : ~0ULL;
+}
+
+static void peer_identify(struct peer *pe, int use_pidfd)
+{
+	socklen_t len = sizeof pe->cred;
+	if (getsockopt(CONN, SOL_SOCKET, SO_PEERCRED, &pe->cred, &len) < 0 ||
+	    len != sizeof pe->cred || pe->cred.pid <= 0)
+		die_with_error(EXIT_REFUSE, "cannot read the peer's credentials");
+	len = sizeof peer_groups;
+	if (getsockopt(CONN, SOL_SOCKET, CG_SO_PEERGROUPS, peer_groups, &len) < 0)
+		die_with_error(EXIT_REFUSE, "cannot read the peer's groups");
+	pe->ngroups = (int)(len / sizeof(gid_t));
+
+	len = sizeof pe->pidfd;
+	if (use_pidfd && getsockopt(CONN, SOL_SOCKET, CG_SO_PEERPIDFD, &pe->pidfd, &len) == 0)
+		return;
+	if (use_pidfd && errno != ENOPROTOOPT && errno != EINVAL)
+		die_with_error(EXIT_REFUSE, "cannot read the peer's pidfd");
+	/* Before Linux 6.5: a pidfd by the pid of the connect().  That pid may
+	 * have been reused since; a process that started after this one cannot
+	 * be the peer (it connected before cgnetnsd accepted and started us),
+	 * so such a one is refused.  A reuse before we started is not caught:
+	 * this narrows the window, it does not close it. */
+	pe->pidfd = (int)syscall(SYS_pidfd_open, pe->cred.pid, 0);
+	if (pe->pidfd < 0)
+		die_with_error(EXIT_REFUSE, "the peer has gone");
+	char name[32];
+	snprintf(name, sizeof name, "/proc/%d/stat", (int)pe->cred.pid);
+	unsigned long long peer_start = start_time(AT_FDCWD, name);
+	if (peer_start == ~0ULL || peer_start > start_time(AT_FDCWD, "/proc/self/stat"))
+		die(EXIT_REFUSE, "the peer has gone (its pid names a newer process)");
+}
+
+/* The pidfd's process has not been reaped: its pid cannot have been reused,
+ * so what was opened by that pid (/proc/PID) before this was the peer's. */
+static void peer_alive(const struct peer *pe)
+{
+	if (syscall(SYS_pidfd_send_signal, pe->pidfd, 0, NULL, 0) < 0)
+		die_with_error(EXIT_REFUSE, "the peer has gone");
+}
+
+/* The request: "CGN2", flags, length, name.  Returns the program's name. */
+static const char *read_request(void)
+{
+	static char buf[BROKER_HEADER_SIZE + BROKER_NAME_MAX];
+	size_t got = 0, want = BROKER_HEADER_SIZE;
+	uint32_t flags, n;
+	for (;;) {
+		/* recv(), not recvmsg(): descriptors a client sends with its
+		 * request are discarded by the kernel, never received. */
+		ssize_t r = recv(CONN, buf + got, want - got, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			die(EXIT_REFUSE, "client went away before its request was complete");
+		got += (size_t)r;
+		if (got < want)
+			continue;
+		if (want > BROKER_HEADER_SIZE)
+			break;
+		memcpy(&flags, buf + 4, 4);
+		memcpy(&n, buf + 8, 4);
+		if (memcmp(buf, CGNETNS_BROKER_MAGIC, 4) != 0 || flags != 0)
+			die(EXIT_REFUSE, "bad request (magic or flags): this cgnetns-exec does not "
+			    "match the broker; reinstall both");
+		if (n == 0 || n >= BROKER_NAME_MAX)
+			die(EXIT_REFUSE, "bad request: program name of %u bytes", n);
+		want = BROKER_HEADER_SIZE + n;
+	}
+	buf[want] = '\0';
+	if (strlen(buf + BROKER_HEADER_SIZE) != want - BROKER_HEADER_SIZE)
+		die(EXIT_REFUSE, "bad request: NUL in the program name");
+	return buf + BROKER_HEADER_SIZE;
+}
+
+/* After "join": the client's listener, one byte with one descriptor. */
+static int receive_listener(void)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	char byte;
+	struct iovec iov = { &byte, 1 };
+	struct msghdr msg;
+	ssize_t r;
+	memset(&msg, 0, sizeof msg);
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cm.buf;
+	msg.msg_controllen = sizeof cm.buf;
+	do
+		r = recvmsg(CONN, &msg, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r != 1)
+		die(EXIT_REFUSE, "client went away before sending its listener");
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	if ((msg.msg_flags & MSG_CTRUNC) || !c || c->cmsg_level != SOL_SOCKET ||
+	    c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
+		die(EXIT_REFUSE, "bad request: expected one seccomp listener");
+	int fd;
+	memcpy(&fd, CMSG_DATA(c), sizeof fd);
+	if (!notify_is_listener(fd))
+		die(EXIT_REFUSE, "bad request: the descriptor sent is not a seccomp listener");
+	if (!notify_can_send_fds(fd))
+		die(EXIT_REFUSE, "this kernel cannot hand a socket over with the answer "
+		    "(SECCOMP_ADDFD_FLAG_SEND, Linux 5.14): upgrade, or use the set-user-ID path");
+	return fd;
+}
+
+/* The supervisor: in the caller's build cgroup (created there), then in
+ * the approved namespace, then the caller. */
+__attribute__((noreturn))
+static void become_supervisor(const struct peer *pe, const struct verdict *v,
+			      const char *path, int proc_fd, const char *context)
+{
+	alarm(BROKER_HANDSHAKE_SECONDS); /* alarms are not inherited */
+
+	/* 1. The approved namespace, through the verified pin, while still
+	 * root in the initial user namespace (which owns it).  Sockets made
+	 * from now on belong to it. */
+	if (setns(v->pin_fd, CLONE_NEWNET) < 0)
+		die_with_error(EXIT_REFUSE, "cannot join the approved network namespace of %s",
+			       v->tag.id);
+	close_quietly(v->pin_fd);
+
+	/* 2. The caller's credentials as the kernel recorded them at connect:
+	 * its effective uid and gid and its groups, as real, effective and
+	 * saved ids, dropped for good and verified (drop.c).  A minted socket
+	 * carries these (netlink and raw sockets check the opener's), never
+	 * root's; the caller could have made such a socket itself. */
+	struct caller c = {
+		.ruid = pe->cred.uid, .euid = pe->cred.uid, .suid = pe->cred.uid,
+		.rgid = pe->cred.gid, .egid = pe->cred.gid, .sgid = pe->cred.gid,
+		.ngroups = pe->ngroups, .groups = peer_groups, .groups_preset = 0,
+	};
+	drop_privileges(&c);
+	/* 3. Nothing it runs gains privilege, and neither the caller nor
+	 * anyone else of its uid may ptrace this process or read its memory:
+	 * a same-uid process is refused by ptrace_may_access() when the target
+	 * is not dumpable.  (The credential change has made it so already
+	 * where fs.suid_dumpable is 0; this says it for every setting.) */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		die_with_error(EXIT_REFUSE, "cannot set no_new_privs");
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+	char line[CG_PATH_MAX + 8];
+	snprintf(line, sizeof line, "join %s\n", path);
+	say(line);
+	int listener = receive_listener();
+	say("ok\n");
+	alarm(0);
+	log_line("cgnetnsd: %s: join %s", context, path);
+	set_reply_fd(-1, NULL);
+	close(CONN);
+	notify_serve(listener, proc_fd, &sv);
+}
+
+void supervise_main(int argc, char **argv)
+{
+	struct peer pe;
+	struct program prog;
+	struct subject s;
+	struct verdict v;
+	struct stat st;
+	int cg_fd = -1;
+	char context[200];
+
+	/* Only cgnetnsd, running as root, starts this mode.  A set-user-ID
+	 * exec gives euid 0 but keeps the caller's real uid and sets
+	 * AT_SECURE, so neither a user nor a process in a user namespace can
+	 * reach what follows through the installed helper's set-user-ID bit. */
+	if (getuid() != 0 || geteuid() != 0 || getauxval(AT_SECURE))
+		die(EXIT_REFUSE, "--supervise is the mode cgnetnsd runs as real root; "
+		    "it is not for users");
+	int use_pidfd = 1;
+	if (argc == 3 && strcmp(argv[2], "--peercred") == 0)
+		use_pidfd = 0; /* the pre-6.5 way, forced (cgnetnsd --peer-auth) */
+	else if (argc != 2)
+		die(EXIT_REFUSE, "usage: " HELPER_NAME " --supervise [--peercred]");
+	if (fstat(CONN, &st) < 0 || !S_ISSOCK(st.st_mode))
+		die(EXIT_REFUSE, "--supervise: fd %d is not the connection", CONN);
+	/* Fds 0-2 taken (cgnetnsd gives /dev/null and its log), so that nothing
+	 * opened here becomes one of them. */
+	for (int fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) < 0)
+			_exit(EXIT_REFUSE);
+
+	/* No core dump, no /proc access by anyone but root while root. */
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	/* The deadline of every phase: SIGALRM's default action ends us,
+	 * and the client sees its connection close. */
+	signal(SIGALRM, SIG_DFL);
+	alarm(BROKER_HANDSHAKE_SECONDS);
+
+	set_reply_fd(CONN, "peer");
+	peer_identify(&pe, use_pidfd);
+	snprintf(context, sizeof context, "pid=%d uid=%u", (int)pe.cred.pid,
+		 (unsigned)pe.cred.uid);
+	set_reply_fd(CONN, context);
+	const char *program = read_request();
+	snprintf(context + strlen(context), sizeof context - strlen(context),
+		 " program=%.100s", program);
+	set_reply_fd(CONN, context);
+
+	/* The subject: the process that connected.  /proc/PID is opened by
+	 * number and the pidfd checked alive afterwards: then the number was
+	 * not reused in between, and the directory stays the peer's. */
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d", (int)pe.cred.pid);
+	s.pid = pe.cred.pid;
+	s.proc_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s.proc_fd < 0)
+		die_with_error(EXIT_REFUSE, "cannot open %s", path);
+	if (!fd_on_fs(s.proc_fd, CG_PROC_SUPER_MAGIC))
+		die(EXIT_REFUSE, "/proc is not procfs");
+	peer_alive(&pe);
+	s.cg_out = &cg_fd;
+
+	/* The same checks, in the same order, as the set-user-ID path. */
+	allow_check_program(program, 1, 1, &prog);
+	resolve(&s, &v);
+	/* After reading its cgroup: still the same process (PID reuse). */
+	peer_alive(&pe);
+	close_quietly(prog.fd);
+	if (v.kind != VERDICT_JOIN) {
+		/* In no build, or already in its namespace: the client runs the
+		 * program itself, unchanged and without privilege. */
+		char line[CG_PATH_MAX + 8];
+		snprintf(line, sizeof line, "pass %s\n", prog.path);
+		say(line);
+		log_line("cgnetnsd: %s: pass %s", context, prog.path);
+		_exit(0);
+	}
+
+	/* What the supervisor checks each socket() against: the allow-listed
+	 * executables (opened as root: the list may be 0600) and the build's
+	 * cgroup path; /proc to look at the asking tasks. */
+	allow_exe_set(&sv.allowed);
+	sv.build = cgroup_tagged_path(&sv.build_len);
+	int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (proc_fd < 0 || !fd_on_fs(proc_fd, CG_PROC_SUPER_MAGIC))
+		die(EXIT_REFUSE, "/proc is not procfs");
+	close_quietly(s.proc_fd);
+
+	/* The supervisor is created in the caller's cgroup (the directory
+	 * resolve() checked), so that its sockets carry the build's cgroup
+	 * and count against it, and the build's end ends it.  clone3 with
+	 * CLONE_INTO_CGROUP does that at creation (Linux 5.7); a write to
+	 * cgroup.procs would wait for an RCU grace period (~15 ms).  This
+	 * process then exits: cgnetnsd counts only requests in progress; the
+	 * supervisor lives as long as a task uses the caller's filter. */
+	struct cg_clone_args ca;
+	memset(&ca, 0, sizeof ca);
+	ca.flags = CG_CLONE_INTO_CGROUP;
+	ca.cgroup = (uint64_t)cg_fd;
+	ca.exit_signal = 0;
+	long pid = syscall(SYS_clone3, &ca, sizeof ca);
+	if (pid < 0)
+		die_with_error(EXIT_REFUSE, "cannot start the supervisor in the caller's cgroup");
+	if (pid == 0) {
+		close_quietly(cg_fd);
+		close_quietly(pe.pidfd);
+		become_supervisor(&pe, &v, prog.path, proc_fd, context);
+	}
+	_exit(0);
+}
