@@ -104,34 +104,6 @@ static void exec_path(const char *path, char **prog_argv, char **envp)
 		       "cannot execute %s", path);
 }
 
-static void send_listener(int sock, int listener)
-{
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} cm;
-	char byte = 'L';
-	struct iovec iov = { &byte, 1 };
-	struct msghdr msg;
-	memset(&msg, 0, sizeof msg);
-	memset(&cm, 0, sizeof cm);
-	msg.msg_iov = &iov;
-	msg.msg_iovlen = 1;
-	msg.msg_control = cm.buf;
-	msg.msg_controllen = sizeof cm.buf;
-	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &listener, sizeof(int));
-	ssize_t w;
-	do
-		w = sendmsg(sock, &msg, MSG_NOSIGNAL);
-	while (w < 0 && errno == EINTR);
-	if (w != 1)
-		die_with_error(EXIT_REFUSE, "cannot send the seccomp listener to the broker");
-}
-
 /* Ask the broker.  Returns (errno set) only when none answers. */
 static void broker_client(const char *program, char **prog_argv, char **envp)
 {
@@ -190,7 +162,7 @@ static void broker_client(const char *program, char **prog_argv, char **envp)
 	consume_line();
 
 	int listener = notify_install_filter();
-	send_listener(sock, listener);
+	notify_send_listener(sock, listener);
 	close(listener);
 	line = read_line(sock);
 	if (strncmp(line, "refuse ", 7) == 0)

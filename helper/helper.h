@@ -212,6 +212,9 @@ struct supervision {
 	size_t build_len;
 };
 int notify_install_filter(void);
+void notify_send_listener(int sock, int listener);
+int notify_receive_listener(int sock, const char *what);
+void notify_enter(int pin_fd, const char *pin_id, const struct caller *c);
 int notify_is_listener(int fd);
 int notify_can_send_fds(int listener);
 __attribute__((noreturn))

@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -116,6 +117,98 @@ int notify_can_send_fds(int listener)
 }
 
 /* ---- the supervisor ---- */
+
+/* Become the supervisor's self: in the approved namespace, then the caller
+ * for good.  Called in a process made for the purpose (the caller's build
+ * cgroup holds it already). */
+void notify_enter(int pin_fd, const char *pin_id, const struct caller *c)
+{
+	/* 1. The approved namespace, through the verified pin, while still
+	 * root in the initial user namespace (which owns it).  Sockets made
+	 * from now on belong to it. */
+	if (setns(pin_fd, CLONE_NEWNET) < 0)
+		die_with_error(EXIT_REFUSE, "cannot join the approved network namespace of %s",
+			       pin_id);
+	close_quietly(pin_fd);
+
+	/* 2. The caller's ids and groups as real, effective and saved ids,
+	 * dropped for good and verified (drop.c).  A minted socket carries
+	 * these (netlink and raw sockets check the opener's), never root's:
+	 * the caller could have made such a socket itself. */
+	drop_privileges(c);
+
+	/* 3. Nothing it runs gains privilege, and neither the caller nor
+	 * anyone else of its uid may ptrace this process or read its memory:
+	 * ptrace_may_access() refuses a same-uid process when the target is
+	 * not dumpable.  (The credential change has made it so already where
+	 * fs.suid_dumpable is 0; this says it for every setting.) */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		die_with_error(EXIT_REFUSE, "cannot set no_new_privs");
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+void notify_send_listener(int sock, int listener)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	char byte = 'L';
+	struct iovec iov = { &byte, 1 };
+	struct msghdr msg;
+	memset(&msg, 0, sizeof msg);
+	memset(&cm, 0, sizeof cm);
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cm.buf;
+	msg.msg_controllen = sizeof cm.buf;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &listener, sizeof(int));
+	ssize_t w;
+	do
+		w = sendmsg(sock, &msg, MSG_NOSIGNAL);
+	while (w < 0 && errno == EINTR);
+	if (w != 1)
+		die_with_error(EXIT_REFUSE, "cannot send the seccomp listener to the broker");
+}
+
+/* The client's listener: one byte with one descriptor on sock.  `what`
+ * starts the refusal messages. */
+int notify_receive_listener(int sock, const char *what)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	char byte;
+	struct iovec iov = { &byte, 1 };
+	struct msghdr msg;
+	ssize_t r;
+	memset(&msg, 0, sizeof msg);
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cm.buf;
+	msg.msg_controllen = sizeof cm.buf;
+	do
+		r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r != 1)
+		die(EXIT_REFUSE, "client went away before sending its listener");
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	if ((msg.msg_flags & MSG_CTRUNC) || !c || c->cmsg_level != SOL_SOCKET ||
+	    c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
+		die(EXIT_REFUSE, "%sexpected one seccomp listener", what);
+	int fd;
+	memcpy(&fd, CMSG_DATA(c), sizeof fd);
+	if (!notify_is_listener(fd))
+		die(EXIT_REFUSE, "%sthe descriptor sent is not a seccomp listener", what);
+	return fd;
+}
+
+
 
 static char cg_buf[PROC_CGROUP_MAX];
 

@@ -151,41 +151,6 @@ static const char *read_request(void)
 	return buf + BROKER_HEADER_SIZE;
 }
 
-/* After "join": the client's listener, one byte with one descriptor. */
-static int receive_listener(void)
-{
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} cm;
-	char byte;
-	struct iovec iov = { &byte, 1 };
-	struct msghdr msg;
-	ssize_t r;
-	memset(&msg, 0, sizeof msg);
-	msg.msg_iov = &iov;
-	msg.msg_iovlen = 1;
-	msg.msg_control = cm.buf;
-	msg.msg_controllen = sizeof cm.buf;
-	do
-		r = recvmsg(CONN, &msg, MSG_CMSG_CLOEXEC);
-	while (r < 0 && errno == EINTR);
-	if (r != 1)
-		die(EXIT_REFUSE, "client went away before sending its listener");
-	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-	if ((msg.msg_flags & MSG_CTRUNC) || !c || c->cmsg_level != SOL_SOCKET ||
-	    c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
-		die(EXIT_REFUSE, "bad request: expected one seccomp listener");
-	int fd;
-	memcpy(&fd, CMSG_DATA(c), sizeof fd);
-	if (!notify_is_listener(fd))
-		die(EXIT_REFUSE, "bad request: the descriptor sent is not a seccomp listener");
-	if (!notify_can_send_fds(fd))
-		die(EXIT_REFUSE, "this kernel cannot hand a socket over with the answer "
-		    "(SECCOMP_ADDFD_FLAG_SEND, Linux 5.14): upgrade, or use the set-user-ID path");
-	return fd;
-}
-
 /* The supervisor: in the caller's build cgroup (created there), then in
  * the approved namespace, then the caller. */
 __attribute__((noreturn))
@@ -194,38 +159,23 @@ static void become_supervisor(const struct peer *pe, const struct verdict *v,
 {
 	alarm(BROKER_HANDSHAKE_SECONDS); /* alarms are not inherited */
 
-	/* 1. The approved namespace, through the verified pin, while still
-	 * root in the initial user namespace (which owns it).  Sockets made
-	 * from now on belong to it. */
-	if (setns(v->pin_fd, CLONE_NEWNET) < 0)
-		die_with_error(EXIT_REFUSE, "cannot join the approved network namespace of %s",
-			       v->tag.id);
-	close_quietly(v->pin_fd);
-
-	/* 2. The caller's credentials as the kernel recorded them at connect:
-	 * its effective uid and gid and its groups, as real, effective and
-	 * saved ids, dropped for good and verified (drop.c).  A minted socket
-	 * carries these (netlink and raw sockets check the opener's), never
-	 * root's; the caller could have made such a socket itself. */
 	struct caller c = {
 		.ruid = pe->cred.uid, .euid = pe->cred.uid, .suid = pe->cred.uid,
 		.rgid = pe->cred.gid, .egid = pe->cred.gid, .sgid = pe->cred.gid,
 		.ngroups = pe->ngroups, .groups = peer_groups, .groups_preset = 0,
 	};
-	drop_privileges(&c);
-	/* 3. Nothing it runs gains privilege, and neither the caller nor
-	 * anyone else of its uid may ptrace this process or read its memory:
-	 * a same-uid process is refused by ptrace_may_access() when the target
-	 * is not dumpable.  (The credential change has made it so already
-	 * where fs.suid_dumpable is 0; this says it for every setting.) */
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-		die_with_error(EXIT_REFUSE, "cannot set no_new_privs");
-	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	/* The caller's credentials as the kernel recorded them at connect:
+	 * its effective uid and gid and its groups (never a later /proc read:
+	 * the peer may have exec'd a set-user-ID program since). */
+	notify_enter(v->pin_fd, v->tag.id, &c);
 
 	char line[CG_PATH_MAX + 8];
 	snprintf(line, sizeof line, "join %s\n", path);
 	say(line);
-	int listener = receive_listener();
+	int listener = notify_receive_listener(CONN, "bad request: ");
+	if (!notify_can_send_fds(listener))
+		die(EXIT_REFUSE, "this kernel cannot hand a socket over with the answer "
+		    "(SECCOMP_ADDFD_FLAG_SEND, Linux 5.14): upgrade, or use the set-user-ID path");
 	say("ok\n");
 	alarm(0);
 	log_line("cgnetnsd: %s: join %s", context, path);
