@@ -29,7 +29,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER_SRC = os.path.join(REPO, "helper")
+# The front builds call (dynamic, not set-user-ID: helper/front.c) and the
+# set-user-ID helper it execs where privilege can be gained.
 INSTALLED = os.environ.get("CGNETNS_EXEC", "/usr/local/bin/cgnetns-exec")
+INSTALLED_HELPER = os.environ.get("CGNETNS_HELPER", "/usr/local/lib/cgnetns/cgnetns-helper")
 ALLOW = "/etc/cgnetns/allow"
 RUN_DIR = "/run/cgnetns"
 PINS = RUN_DIR + "/pins"
@@ -346,6 +349,7 @@ class HelperEnv:
         self.created = []  # (kind, path) to undo, in reverse
         self.allow_added = False
         self.installed = INSTALLED
+        self.helper = INSTALLED_HELPER
         base = "/run" if _suid_capable("/run") else "/var/lib"
         self.tdir = os.path.join(base, "cgnetns-test-" + secrets.token_hex(6))
         self.untagged_cgroups = []
@@ -581,10 +585,11 @@ def henv():
     """The session's HelperEnv (shared by every test_helper*.py module)."""
     if os.geteuid() != 0:
         pytest.fail("the helper tests need root")
-    st = os.stat(INSTALLED) if os.path.exists(INSTALLED) else None
-    assert st is not None, "%s is not installed (run make install first)" % INSTALLED
+    for path in (INSTALLED, INSTALLED_HELPER):
+        assert os.path.exists(path), "%s is not installed (run make install first)" % path
+    st = os.stat(INSTALLED_HELPER)
     assert st.st_uid == 0 and st.st_mode & stat.S_ISUID, \
-        "%s is not set-user-ID root (mode %o)" % (INSTALLED, st.st_mode)
+        "%s is not set-user-ID root (mode %o)" % (INSTALLED_HELPER, st.st_mode)
     if _ENV["env"] is None:
         e = HelperEnv()
         try:
@@ -696,6 +701,17 @@ def assert_joined(report, ns_identity_, token):
     assert report is not None, "the program did not run"
     assert (report["netns"]["dev"], report["netns"]["ino"]) == tuple(ns_identity_[:2])
     assert report["connect"] == {"token": token}
+
+
+def assert_minted(report, private_ns, token):
+    """The broker path's join: the program ran in its own (private) network
+    namespace, unprivileged, and its AF_INET socket, minted by the
+    supervisor, reached the approved namespace's server."""
+    assert report is not None, "the program did not run"
+    assert (report["netns"]["dev"], report["netns"]["ino"]) == tuple(private_ns.identity[:2]), \
+        "the program left its own network namespace"
+    assert report["connect"] == {"token": token}, report.get("connect")
+    assert report["status"]["CapEff"] == "0000000000000000"
 
 
 def assert_not_joined(report, private_ns, private_token=None, unprivileged=True):

@@ -57,11 +57,18 @@ def assert_same_process_state(got, want):
     assert got["cgroup"] == want["cgroup"]
 
 
-def test_installed_helper_is_static_setuid_root(henv):
-    st = os.stat(henv.installed)
+def test_installed_helper_is_static_setuid_root_and_the_front_is_neither(henv):
+    """The helper is static and set-user-ID root; the front that builds call
+    is dynamic and not set-user-ID, so that Gentoo's sandbox (which ptraces
+    static and set-user-ID programs and strips their preload) neither traces
+    it nor what it runs."""
+    st = os.stat(henv.helper)
     assert st.st_uid == 0 and st.st_gid == 0
     assert stat.S_IMODE(st.st_mode) == 0o4755
-    assert hs.is_static_elf(henv.installed), "the helper must not use a dynamic loader"
+    assert hs.is_static_elf(henv.helper), "the helper must not use a dynamic loader"
+    st = os.stat(henv.installed)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o755
+    assert not hs.is_static_elf(henv.installed), "the front must be dynamic"
 
 
 @pytest.mark.parametrize("variant", ["installed", "glibc"])
