@@ -314,8 +314,7 @@ def portage_venv():
 # -- /usr/bin/sandbox in a private mount namespace ---------------------------------------
 
 # Run by /usr/bin/python3 -I as root right after `unshare --mount --propagation
-# private`; argv: [--add DIR NAME SOURCE]... [--cgroup2] [--cgroup-root-file FILE]
-# -- COMMAND...
+# private`; argv: [--add DIR NAME SOURCE]... [--cgroup2] [--record FILE] -- COMMAND...
 # --add: DIR becomes a tmpfs with a bind mount of every regular file and
 #   directory of the real DIR (same device and inode: the files keep their
 #   identity, also for cgnetns's allow-list checks), its symlinks re-made, and NAME
@@ -328,6 +327,8 @@ def portage_venv():
 #   cpu, io and memory controllers Portage wants, PORTAGE_CGROUP_ROOT is set to
 #   <own cgroup>/portage, as README.rst tells Portage users (else Portage would put
 #   the build at the cgroup2 root, outside the cgnetns build).
+# --record: FILE gets "own=<cgroup2 path of this process>" and
+#   "portage_cgroup_root=<what was set, or empty>".
 MOUNT_NS_SCRIPT = r'''
 import ctypes, os, stat, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -371,22 +372,23 @@ while "--add" in opts:
     del opts[i:i + 4]
 for top, extra in adds.items():
     add_to_dir(top, extra)
+own = [l[3:].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")][0]
 if "--cgroup2" in opts:
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    own = [l[3:].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")][0]
     path = "/sys/fs/cgroup" + own
     have = set(open(os.path.join(path, "cgroup.controllers")).read().split())
     if not {"cpu", "io", "memory"} <= have:
         os.environ["PORTAGE_CGROUP_ROOT"] = os.path.join(path, "portage")
-    if "--cgroup-root-file" in opts:
-        with open(opts[opts.index("--cgroup-root-file") + 1], "w") as f:
-            f.write(os.environ.get("PORTAGE_CGROUP_ROOT", "") + "\n")
+if "--record" in opts:
+    with open(opts[opts.index("--record") + 1], "w") as f:
+        f.write("own=%s\nportage_cgroup_root=%s\n"
+                % (own, os.environ.get("PORTAGE_CGROUP_ROOT", "")))
 os.environ.pop("PYTHONPATH", None)
 os.execvp(cmd[0], cmd)
 '''
 
 
-def mountns_argv(cmd, sandbox, cgroup2=False, cgroup_root_file=None):
+def mountns_argv(cmd, sandbox, cgroup2=False, record=None):
     """argv that runs CMD as root with /usr/bin/sandbox present (see MOUNT_NS_SCRIPT)."""
     opts = []
     if not sandbox.system:
@@ -394,8 +396,8 @@ def mountns_argv(cmd, sandbox, cgroup2=False, cgroup_root_file=None):
                  "--add", "/usr/lib", "libsandbox.so", sandbox.lib]
     if cgroup2:
         opts.append("--cgroup2")
-        if cgroup_root_file:
-            opts += ["--cgroup-root-file", cgroup_root_file]
+    if record:
+        opts += ["--record", record]
     unshare = shutil.which("unshare", path=SYSTEM_PATH)
     return [unshare, "--mount", "--propagation", "private", "--",
             USER_PY, "-I", "-c", MOUNT_NS_SCRIPT, *opts, "--", *cmd]
@@ -411,8 +413,10 @@ CPV = f"{CATEGORY}/{PACKAGE}-1"
 PROBE_SHARE = "/usr/share/cgnetns-probe"       # where the ebuild installs what it saw
 
 EBUILD = textwrap.dedent('''\
-    # cgnetns test package: compiles @N@ C files with ${CC:-gcc} in src_compile and
-    # installs what the compiling phase saw (network links, cgroup, uid, compiler).
+    # cgnetns test package: compiles @N@ C files with ${CC:-gcc} (emake) in src_compile
+    # and installs what that phase saw into @SHARE@: its network links, cgroup,
+    # uid, sandbox state and FEATURES, and (CGNETNS_TEST_PROBE_DIR set) what the
+    # probe compiler recorded of each distcc process.
     EAPI=8
     DESCRIPTION="cgnetns test package"
     HOMEPAGE="https://example.invalid/cgnetns"
@@ -425,7 +429,8 @@ EBUILD = textwrap.dedent('''\
     src_unpack() {
     	local i objs=
     	for ((i = 0; i < @N@; i++)); do
-    		printf 'int part%d(int x)\\n{\\n\\treturn x * 3 + %d;\\n}\\n' "${i}" "${i}" > part${i}.c || die
+    		printf 'int part%d(int x)\\n{\\n\\treturn x * 3 + %d;\\n}\\n' "${i}" "${i}" \\
+    			> part${i}.c || die
     		objs+=" part${i}.o"
     	done
     	printf 'all:%s\\n%%.o: %%.c\\n\\t$(CC) $(CFLAGS) -c $< -o $@\\n' "${objs}" > Makefile || die
@@ -435,13 +440,39 @@ EBUILD = textwrap.dedent('''\
     	ip -o link > links.txt || die
     	sed -n 's/^0:://p' /proc/self/cgroup > cgroup.txt || die
     	id -u > uid.txt || die
-    	{ type -P gcc; echo "PATH=${PATH}"; } > gcc.txt
+    	{
+    		echo "features=${FEATURES}"
+    		echo "ld_preload=${LD_PRELOAD}"
+    		echo "sandbox_on=${SANDBOX_ON}"
+    		sed -n 's/^\\(NoNewPrivs\\|TracerPid\\):[[:space:]]*/\\1=/p' /proc/self/status
+    		echo "libsandbox=$(grep -c '/libsandbox\\.so$' /proc/self/maps)"
+    		echo "gcc=$(type -P gcc)"
+    		echo "path=${PATH}"
+    	} > phase.txt || die
+    	local saved_path=${PATH}
+    	if [[ -n ${CGNETNS_TEST_PROBE_DIR} ]]; then
+    		# the probe compiler right after the masquerade directory (distcc takes
+    		# that out of PATH and then looks for gcc), else first
+    		mkdir "${T}/probe-out" || die
+    		export CGNETNS_TEST_PROBE_OUT=${T}/probe-out
+    		if [[ ${PATH%%:*} == */masq ]]; then
+    			PATH=${PATH%%:*}:${CGNETNS_TEST_PROBE_DIR}:${PATH#*:}
+    		else
+    			PATH=${CGNETNS_TEST_PROBE_DIR}:${PATH}
+    		fi
+    	fi
     	emake CC="${CC:-gcc}" CFLAGS="${CFLAGS}"
+    	PATH=${saved_path}
+    	unset CGNETNS_TEST_PROBE_OUT
     }
 
     src_install() {
     	insinto @SHARE@
-    	doins *.o links.txt cgroup.txt uid.txt gcc.txt
+    	doins *.o links.txt cgroup.txt uid.txt phase.txt
+    	if [[ -d ${T}/probe-out ]] && [[ -n $(ls "${T}/probe-out") ]]; then
+    		insinto @SHARE@/probe-out
+    		doins "${T}"/probe-out/*
+    	fi
     }
     ''')
 
@@ -454,7 +485,8 @@ class Playground:
     ``bashrc``: the text of /etc/portage/bashrc.  Remove with ``cleanup()``.
     """
 
-    def __init__(self, venv, sandbox, nfiles=6, make_conf=(), make_conf_base="", bashrc=None):
+    def __init__(self, venv, sandbox, nfiles=6, make_conf=(), make_conf_base="", bashrc=None,
+                 probe=False):
         self.venv = venv
         self.sandbox = sandbox
         self.nfiles = nfiles
@@ -467,6 +499,11 @@ class Playground:
         self.tmpdir = os.path.join(self.eprefix, "var", "tmp")
         self.log = os.path.join(self.top, "emerge.log")
         try:
+            if probe:      # the probe compiler for src_compile (see EBUILD)
+                probe_dir = os.path.join(self.top, "probe")
+                os.mkdir(probe_dir, 0o755)
+                write_probe(probe_dir)
+                make_conf = [*make_conf, f'CGNETNS_TEST_PROBE_DIR="{probe_dir}"']
             self._write(make_conf, make_conf_base, bashrc)
         except BaseException:
             self.cleanup()
@@ -526,8 +563,7 @@ class Playground:
             location = {r}
             auto-sync = no
             '''))
-        lines = [make_conf_base.rstrip("\n"), "",
-                 "# cgnetns test playground",
+        lines = ["# cgnetns test playground",
                  f'PORTAGE_TMPDIR="{self.tmpdir}"',
                  f'DISTDIR="{e}/var/cache/distfiles"',
                  f'PKGDIR="{e}/var/cache/binpkgs"',
@@ -536,6 +572,8 @@ class Playground:
                  'ACCEPT_LICENSE="*"',
                  'CFLAGS="-O2"',
                  'MAKEOPTS="-j4"',
+                 "", make_conf_base.rstrip("\n"), "",
+                 "# this test's settings",
                  *make_conf, ""]
         self._file("etc/portage/make.conf", "\n".join(lines))
         if bashrc is not None:
@@ -549,12 +587,17 @@ class Playground:
         env.update(extra)
         return env
 
-    def emerge_argv(self, *args, cgroup2=False, cgroup_root_file=None):
-        """emerge -1 CPV (or ARGS) as root, in a mount namespace where /usr/bin/sandbox exists."""
+    def emerge_argv(self, *args, cgroup2=False):
+        """emerge -1 CPV (or ARGS) as root, in a mount namespace where /usr/bin/sandbox
+        exists; what that namespace's set-up saw goes to record() (see MOUNT_NS_SCRIPT)."""
         emerge = [os.path.join(self.venv, "bin", "emerge"), "--color=n", "--quiet-build=n",
                   *(args or ("-1", "=" + CPV))]
         return mountns_argv(emerge, self.sandbox, cgroup2=cgroup2,
-                            cgroup_root_file=cgroup_root_file)
+                            record=os.path.join(self.top, "mountns.txt"))
+
+    def record(self):
+        with open(os.path.join(self.top, "mountns.txt")) as f:
+            return dict(l.rstrip("\n").split("=", 1) for l in f if "=" in l)
 
     def installed(self, name):
         """A file the package installed into PROBE_SHARE (None when it is not there)."""
@@ -564,11 +607,27 @@ class Playground:
         with open(path, errors="replace") as f:
             return f.read()
 
+    def installed_objects(self):
+        d = os.path.join(self.eprefix, PROBE_SHARE.lstrip("/"))
+        return sorted(n for n in os.listdir(d) if n.endswith(".o")) if os.path.isdir(d) else []
+
     def is_installed(self):
-        return os.path.isdir(os.path.join(self.eprefix, "var", "db", "pkg", CPV + "")) or any(
-            n.startswith(PACKAGE + "-") for n in os.listdir(
-                os.path.join(self.eprefix, "var", "db", "pkg", CATEGORY))
-            if os.path.isdir(os.path.join(self.eprefix, "var", "db", "pkg", CATEGORY)))
+        """CPV is recorded in the playground's package database."""
+        return os.path.isdir(os.path.join(self.eprefix, "var", "db", "pkg", CPV))
+
+    def phase(self):
+        """key=value lines the compiling phase wrote (phase.txt), as a dict."""
+        text = self.installed("phase.txt") or ""
+        return dict(l.split("=", 1) for l in text.splitlines() if "=" in l)
+
+    def links(self):
+        text = self.installed("links.txt")
+        return None if text is None else [l.split(":")[1].strip() for l in text.splitlines()
+                                          if l.strip()]
+
+    def probes(self):
+        d = os.path.join(self.eprefix, PROBE_SHARE.lstrip("/"), "probe-out")
+        return read_probes(d) if os.path.isdir(d) else []
 
     def cleanup(self):
         if self.top:
@@ -600,8 +659,9 @@ PROBE_SCRIPT = textwrap.dedent('''\
     ''')
 
 
-def write_probe(bindir, outdir):
-    """The probe compilers in BINDIR, writing to OUTDIR (both must exist)."""
+def write_probe(bindir, outdir='"${CGNETNS_TEST_PROBE_OUT}"'):
+    """The probe compilers in BINDIR, writing to OUTDIR (a shell word; the directory
+    must exist when distcc runs; by default the one the test ebuild makes)."""
     for name in PROBE_COMPILERS:
         path = os.path.join(bindir, name)
         with open(path, "w") as f:
