@@ -32,14 +32,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import pwd
-import grp
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -133,6 +130,34 @@ def _sha256_of(path):
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def run_bounded(argv, timeout, **kw):
+    """Run ARGV (stdout and stderr together, as text) in a session of its own.
+
+    On timeout (or an interrupt) its process group gets SIGTERM -- cgnetns-run
+    forwards it and tears its build down, emerge and sandbox end their children --
+    then SIGKILL; a timeout fails the test with the output so far."""
+    proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(argv, proc.returncode, out)
+    except BaseException as exc:
+        out = ""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                out, _ = proc.communicate(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if isinstance(exc, subprocess.TimeoutExpired):
+            pytest.fail(f"{' '.join(argv)[:300]}: no end after {timeout} s:\n{(out or '')[-4000:]}")
+        raise
 
 
 # -- Gentoo's sandbox -------------------------------------------------------------
@@ -292,7 +317,8 @@ def build_portage_venv(version=PORTAGE_VERSION):
                     with open(p, "wb") as f:
                         f.write(data.replace(venv.encode(), final.encode()))
             if not os.path.isfile(os.path.join(venv, "lib", "portage", "bin", "ebuild.sh")):
-                raise GentooSetupError(f"portage=={version} installed no lib/portage/bin (log {log})")
+                raise GentooSetupError(
+                    f"portage=={version} installed no lib/portage/bin (log {log})")
             _world_readable(venv)
             os.rename(venv, final)
         finally:
@@ -405,8 +431,9 @@ def mountns_argv(cmd, sandbox, cgroup2=False, record=None):
 
 # -- a Portage playground ------------------------------------------------------------------
 
-WORK_ROOT = os.path.join(CACHE_ROOT, "work")   # outside /tmp and /var/tmp: the sandbox's
-                                               # default SANDBOX_WRITE has those
+# Test trees go outside /tmp and /var/tmp: the sandbox's own config lets everyone
+# write there.
+WORK_ROOT = os.path.join(CACHE_ROOT, "work")
 CATEGORY = "cgnetns-test"
 PACKAGE = "distcc-probe"
 CPV = f"{CATEGORY}/{PACKAGE}-1"
@@ -427,52 +454,52 @@ EBUILD = textwrap.dedent('''\
     S="${WORKDIR}"
 
     src_unpack() {
-    	local i objs=
-    	for ((i = 0; i < @N@; i++)); do
-    		printf 'int part%d(int x)\\n{\\n\\treturn x * 3 + %d;\\n}\\n' "${i}" "${i}" \\
-    			> part${i}.c || die
-    		objs+=" part${i}.o"
-    	done
-    	printf 'all:%s\\n%%.o: %%.c\\n\\t$(CC) $(CFLAGS) -c $< -o $@\\n' "${objs}" > Makefile || die
+        local i objs=
+        for ((i = 0; i < @N@; i++)); do
+            printf 'int part%d(int x)\\n{\\n\\treturn x * 3 + %d;\\n}\\n' "${i}" "${i}" \\
+                > part${i}.c || die
+            objs+=" part${i}.o"
+        done
+        printf 'all:%s\\n%%.o: %%.c\\n\\t$(CC) $(CFLAGS) -c $< -o $@\\n' "${objs}" > Makefile || die
     }
 
     src_compile() {
-    	ip -o link > links.txt || die
-    	sed -n 's/^0:://p' /proc/self/cgroup > cgroup.txt || die
-    	id -u > uid.txt || die
-    	{
-    		echo "features=${FEATURES}"
-    		echo "ld_preload=${LD_PRELOAD}"
-    		echo "sandbox_on=${SANDBOX_ON}"
-    		sed -n 's/^\\(NoNewPrivs\\|TracerPid\\):[[:space:]]*/\\1=/p' /proc/self/status
-    		echo "libsandbox=$(grep -c '/libsandbox\\.so$' /proc/self/maps)"
-    		echo "gcc=$(type -P gcc)"
-    		echo "path=${PATH}"
-    	} > phase.txt || die
-    	local saved_path=${PATH}
-    	if [[ -n ${CGNETNS_TEST_PROBE_DIR} ]]; then
-    		# the probe compiler right after the masquerade directory (distcc takes
-    		# that out of PATH and then looks for gcc), else first
-    		mkdir "${T}/probe-out" || die
-    		export CGNETNS_TEST_PROBE_OUT=${T}/probe-out
-    		if [[ ${PATH%%:*} == */masq ]]; then
-    			PATH=${PATH%%:*}:${CGNETNS_TEST_PROBE_DIR}:${PATH#*:}
-    		else
-    			PATH=${CGNETNS_TEST_PROBE_DIR}:${PATH}
-    		fi
-    	fi
-    	emake CC="${CC:-gcc}" CFLAGS="${CFLAGS}"
-    	PATH=${saved_path}
-    	unset CGNETNS_TEST_PROBE_OUT
+        ip -o link > links.txt || die
+        sed -n 's/^0:://p' /proc/self/cgroup > cgroup.txt || die
+        id -u > uid.txt || die
+        {
+            echo "features=${FEATURES}"
+            echo "ld_preload=${LD_PRELOAD}"
+            echo "sandbox_on=${SANDBOX_ON}"
+            sed -n 's/^\\(NoNewPrivs\\|TracerPid\\):[[:space:]]*/\\1=/p' /proc/self/status
+            echo "libsandbox=$(grep -c '/libsandbox\\.so$' /proc/self/maps)"
+            echo "gcc=$(type -P gcc)"
+            echo "path=${PATH}"
+        } > phase.txt || die
+        local saved_path=${PATH}
+        if [[ -n ${CGNETNS_TEST_PROBE_DIR} ]]; then
+            # the probe compiler right after the masquerade directory (distcc takes
+            # that out of PATH and then looks for gcc), else first
+            mkdir "${T}/probe-out" || die
+            export CGNETNS_TEST_PROBE_OUT=${T}/probe-out
+            if [[ ${PATH%%:*} == */masq ]]; then
+                PATH=${PATH%%:*}:${CGNETNS_TEST_PROBE_DIR}:${PATH#*:}
+            else
+                PATH=${CGNETNS_TEST_PROBE_DIR}:${PATH}
+            fi
+        fi
+        emake CC="${CC:-gcc}" CFLAGS="${CFLAGS}"
+        PATH=${saved_path}
+        unset CGNETNS_TEST_PROBE_OUT
     }
 
     src_install() {
-    	insinto @SHARE@
-    	doins *.o links.txt cgroup.txt uid.txt phase.txt
-    	if [[ -d ${T}/probe-out ]] && [[ -n $(ls "${T}/probe-out") ]]; then
-    		insinto @SHARE@/probe-out
-    		doins "${T}"/probe-out/*
-    	fi
+        insinto @SHARE@
+        doins *.o links.txt cgroup.txt uid.txt phase.txt
+        if [[ -d ${T}/probe-out ]] && [[ -n $(ls "${T}/probe-out") ]]; then
+            insinto @SHARE@/probe-out
+            doins "${T}"/probe-out/*
+        fi
     }
     ''')
 
@@ -649,11 +676,11 @@ PROBE_SCRIPT = textwrap.dedent('''\
     exe=$(readlink /proc/$PPID/exe)
     case $exe in
     */distcc)
-    	f=@OUT@/distcc.$PPID.$$
-    	{ echo "Exe:	$exe"; cat /proc/$PPID/status; } > "$f.status" 2>&1
-    	cat /proc/$PPID/maps > "$f.maps" 2>&1
-    	tr '\\0' '\\n' < /proc/$PPID/environ > "$f.environ" 2>&1
-    	;;
+        f=@OUT@/distcc.$PPID.$$
+        { echo "Exe:	$exe"; cat /proc/$PPID/status; } > "$f.status" 2>&1
+        cat /proc/$PPID/maps > "$f.maps" 2>&1
+        tr '\\0' '\\n' < /proc/$PPID/environ > "$f.environ" 2>&1
+        ;;
     esac
     exec /usr/bin/@NAME@ "$@"
     ''')

@@ -35,16 +35,18 @@ phase then runs in ``.../emerge-<pid>/<cpv>`` below the build cgroup.
 import os
 import pwd
 import re
-import subprocess
 
 import pytest
+
+pytest.register_assert_rewrite("gentoo_support")
 
 from cgnetns.topology import Topology
 
 from conftest import CGNETNS_RUN, REPO
-from gentoo_support import (CPV, Playground, assert_distcc_sandboxed_untraced)
-from gentoo_support import (real_sandbox, portage_venv, cgnetns_broker,  # noqa: F401 (fixtures)
-                            distcc_allowed)
+from gentoo_support import CPV, Playground, assert_distcc_sandboxed_untraced, run_bounded
+
+# fixtures: real_sandbox, portage_venv, cgnetns_broker, distcc_allowed
+pytest_plugins = ["gentoo_support"]
 
 BASHRC = os.path.join(REPO, "contrib", "portage", "bashrc")
 MAKE_CONF_EXAMPLE = os.path.join(REPO, "contrib", "portage", "make.conf.example")
@@ -79,9 +81,7 @@ def read(path):
 def emerge(pg, wrap=(), cgroup2=False, **env):
     """Run ``emerge -1 =CPV`` (as root) in PG, inside WRAP (e.g. cgnetns-run ... --)."""
     argv = [*wrap, *pg.emerge_argv(cgroup2=cgroup2)]
-    r = subprocess.run(argv, env=pg.env(**env), cwd=pg.top, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=TIMEOUT)
+    r = run_bounded(argv, TIMEOUT, env=pg.env(**env), cwd=pg.top)
     with open(pg.log, "w") as f:
         f.write(r.stdout)
     return r

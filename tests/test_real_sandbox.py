@@ -34,13 +34,17 @@ import tempfile
 
 import pytest
 
+pytest.register_assert_rewrite("gentoo_support")
+
 from cgnetns.demo import write_project
 from cgnetns.topology import Topology
 
 from conftest import CGNETNS_RUN, repo_env
 from gentoo_support import (WORK_ROOT, SYSTEM_PATH, assert_distcc_sandboxed_untraced,
-                            read_probes, read_sandbox_log, write_probe)
-from gentoo_support import real_sandbox, cgnetns_broker, distcc_allowed  # noqa: F401 (fixtures)
+                            read_probes, read_sandbox_log, run_bounded, write_probe)
+
+# fixtures: real_sandbox, cgnetns_broker, distcc_allowed
+pytest_plugins = ["gentoo_support"]
 
 LIBDIR = "/usr/local/lib/cgnetns"
 MASQ = os.path.join(LIBDIR, "masq")
@@ -97,9 +101,7 @@ def in_sandbox(sandbox, script, work, env, via_cgnetns=None):
                 "--", *inner]
     else:
         argv = [*SETPRIV_NOBODY, *inner]
-    return subprocess.run(argv, cwd=work["src"], env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=TIMEOUT)
+    return run_bounded(argv, TIMEOUT, cwd=work["src"], env=env)
 
 
 def links_probe(work):
@@ -207,8 +209,8 @@ def test_control_the_probe_sees_a_traced_distcc(real_sandbox, work):
 # -- through cgnetns: the build has only lo, distcc reaches distccd ------------------------
 
 @pytest.mark.parametrize("how", ["masq", "bin"])
-def test_cgnetns_distcc_in_real_sandbox_every_object_remote(real_sandbox, work, cgnetns_broker,
-                                                             distcc_allowed, clean_host, how):
+def test_cgnetns_distcc_in_real_sandbox_every_object_remote(
+        real_sandbox, work, cgnetns_broker, distcc_allowed, clean_host, how):
     """how=masq: PATH has the masquerade directory first and the build calls gcc
     (what contrib/portage/bashrc does); how=bin: CC='/usr/local/lib/cgnetns/bin/distcc gcc'."""
     if how == "masq":
