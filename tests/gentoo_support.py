@@ -10,18 +10,21 @@ being imitated with ``setpriv --no-new-privs``:
   source directory) once into ``/var/cache/cgnetns-tests/sandbox-<sha12>``,
   keyed by the source's sha256.  The build happens in a temporary directory
   beside it and is renamed into place, so a killed build never leaves a half
-  cache behind.  About 15-60 s, once.
+  cache behind (its leftovers are removed by the next build).  About 15 s on
+  2 cores, once; needs autoconf, automake, libtool, autoconf-archive, gawk.
 * ``emerge``: Portage 3.0.83 from PyPI in a venv of Debian's ``/usr/bin/python3``
   (userpriv phases run as nobody, who cannot use an interpreter under /root),
-  cached in ``/var/cache/cgnetns-tests/portage-venv-3.0.83`` the same way.
+  cached in ``/var/cache/cgnetns-tests/portage-venv-3.0.83`` the same way
+  (about 4 s, once; PyPI must be reachable).
   Each test gets a playground: an EPREFIX (``PORTAGE_OVERRIDE_EPREFIX``) with
   a one-ebuild repository, a profile and a make.conf, removed afterwards.
 * Portage runs ``portage.const.SANDBOX_BINARY``, which is ``/usr/bin/sandbox``
   whatever EPREFIX is.  On a host without it, emerge runs in a private mount
   namespace where ``/usr/bin`` is a tmpfs holding a bind mount of every entry
   of the real ``/usr/bin`` (so each file keeps its identity: device, inode,
-  owner) plus ``sandbox``, a bind mount of the built one.  Nothing outside
-  that namespace changes.
+  owner) plus ``sandbox``, a bind mount of the built one; ``/usr/lib`` gets
+  ``libsandbox.so`` the same way (libsandbox re-inserts itself into LD_PRELOAD
+  by bare name).  Nothing outside that namespace changes.
 
 Missing tools or sources are failures, not skips: CI must run these tests.
 Everything a test makes (temporary trees, mount namespaces, processes) is
@@ -398,7 +401,7 @@ while "--add" in opts:
     del opts[i:i + 4]
 for top, extra in adds.items():
     add_to_dir(top, extra)
-own = [l[3:].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")][0]
+own = next((l[3:].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")), "")
 if "--cgroup2" in opts:
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     path = "/sys/fs/cgroup" + own
@@ -665,11 +668,10 @@ class Playground:
 # -- seeing distcc from inside: a probe compiler -------------------------------------------
 
 # distcc runs the preprocessor locally, as its own child, with the compiler it found
-# in PATH.  A probe directory holding "gcc" and "x86_64-linux-gnu-gcc" (distcc
-# rewrites gcc to the CHOST name) records, when its parent is distcc, the parent's
-# /proc status (TracerPid, NoNewPrivs, Uid), maps (libsandbox.so loaded?) and
-# environment (LD_PRELOAD), then runs the real compiler.
-PROBE_COMPILERS = ("gcc", "x86_64-linux-gnu-gcc")
+# in PATH.  A probe directory holding "gcc" and "<machine>-gcc" (distcc rewrites
+# gcc to the name with gcc's target triplet) records, when its parent is distcc,
+# the parent's /proc status (TracerPid, NoNewPrivs, Uid), maps (libsandbox.so
+# loaded?) and environment (LD_PRELOAD), then runs the real compiler.
 PROBE_SCRIPT = textwrap.dedent('''\
     #!/bin/sh
     # cgnetns test probe: records the distcc process that runs this compiler
@@ -689,7 +691,9 @@ PROBE_SCRIPT = textwrap.dedent('''\
 def write_probe(bindir, outdir='"${CGNETNS_TEST_PROBE_OUT}"'):
     """The probe compilers in BINDIR, writing to OUTDIR (a shell word; the directory
     must exist when distcc runs; by default the one the test ebuild makes)."""
-    for name in PROBE_COMPILERS:
+    machine = subprocess.run(["gcc", "-dumpmachine"], stdout=subprocess.PIPE, text=True,
+                             check=True, env={"PATH": SYSTEM_PATH}).stdout.strip()
+    for name in ("gcc", f"{machine}-gcc"):
         path = os.path.join(bindir, name)
         with open(path, "w") as f:
             f.write(PROBE_SCRIPT.replace("@OUT@", outdir).replace("@NAME@", name))
