@@ -110,11 +110,21 @@ static void peer_identify(struct peer *pe, int use_pidfd)
 }
 
 /* The pidfd's process has not been reaped: its pid cannot have been reused,
- * so what was opened by that pid (/proc/PID) before this was the peer's. */
-static void peer_alive(const struct peer *pe)
+ * so what was opened by that pid (/proc/PID) before this was the peer's.
+ * And it has not exited: a zombie has no namespaces left to judge, and the
+ * one asking now is then some other holder of the connection. */
+static void peer_alive(const struct peer *pe, int proc_fd)
 {
+	char buf[512];
 	if (syscall(SYS_pidfd_send_signal, pe->pidfd, 0, NULL, 0) < 0)
 		die_with_error(EXIT_REFUSE, "the peer has gone");
+	int fd = openat(proc_fd, "stat", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+	close_quietly(fd);
+	buf[n < 0 ? 0 : n] = '\0';
+	const char *p = strrchr(buf, ')');
+	if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+		die(EXIT_REFUSE, "the peer has gone (it exited after connecting)");
 }
 
 /* The request: "CGN2", flags, length, name.  Returns the program's name. */
@@ -242,14 +252,14 @@ void supervise_main(int argc, char **argv)
 		die_with_error(EXIT_REFUSE, "cannot open %s", path);
 	if (!fd_on_fs(s.proc_fd, CG_PROC_SUPER_MAGIC))
 		die(EXIT_REFUSE, "/proc is not procfs");
-	peer_alive(&pe);
+	peer_alive(&pe, s.proc_fd);
 	s.cg_out = &cg_fd;
 
 	/* The same checks, in the same order, as the set-user-ID path. */
 	allow_check_program(program, 1, 1, &prog);
 	resolve(&s, &v);
 	/* After reading its cgroup: still the same process (PID reuse). */
-	peer_alive(&pe);
+	peer_alive(&pe, s.proc_fd);
 	close_quietly(prog.fd);
 	if (v.kind != VERDICT_JOIN) {
 		/* In no build, or already in its namespace: the client runs the
