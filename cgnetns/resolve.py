@@ -10,7 +10,18 @@ st_ino / NS_GET_ID, compare with the process's own netns — and returns an
 :class:`Explanation`: every ancestor walked, the tag, the pin and whether it
 matches, the verdict (``join``, ``pass-through``, ``refuse``; ``unknown`` when
 this process lacks the privilege to read what decides it), a stable
-``reason_code``, the reason in words and the fix.
+``reason_code``, the reason in words and the fix.  It also says which path
+``cgnetns-exec`` started by the process takes (the set-user-ID helper, or the
+broker ``cgnetnsd`` where privilege cannot be gained) and, for a join, what
+each path gives: on the set-user-ID path the program runs in the approved
+namespace; on the broker path it stays in the process's own namespace and only
+the AF_INET and AF_INET6 sockets of allow-listed executables are made in the
+approved one (helper/notify.c).
+
+A process in a cgroup namespace other than this one's is refused at once, as
+the broker refuses a peer in a cgroup namespace other than its own
+(helper/resolve.c, step 0): its ``/proc/PID/cgroup`` path would be read
+relative to a root it does not see.
 
 It also owns the allow-list check (:func:`check_allow_list`), shared with
 ``cgnetns-show --check``.
@@ -21,8 +32,8 @@ The verdict and its reason category are the ones ``cgnetns-exec`` acts on
 Degrades: without CAP_SYS_ADMIN, ``trusted.*`` attributes read as absent
 (ENODATA on cgroupfs), so an unprivileged caller gets verdict ``unknown``
 (reason ``tags-unreadable``) together with everything it can see.  Roots
-(``/proc``, ``/sys/fs/cgroup``, ``/run/cgnetns``, the allow list) are
-parameters.
+(``/proc``, ``/sys/fs/cgroup``, the run directory, the allow list) are
+parameters; their defaults come from :mod:`cgnetns.paths`.
 """
 
 import errno
@@ -31,10 +42,11 @@ import select
 import stat
 import time
 
-from . import _sys, cgroups, namespaces, tags
+from . import _sys, cgroups, namespaces, paths, tags
 from .errors import CgnetnsError, NoCgroup2Error, TagFormatError
 
-ALLOW_LIST = "/etc/cgnetns/allow"
+ALLOW_LIST = paths.ALLOW_PATH
+RUN_DIR = paths.RUN_DIR
 
 # The init user namespace has this fixed inode number (PROC_USER_INIT_INO).
 INIT_USER_NS_INO = 0xEFFFFFFD
@@ -44,6 +56,11 @@ EXIT_NOPROC = 3     # no such process, or it exited while being shown
 EXIT_NOPERM = 4     # permission denied
 
 VERDICTS = ("join", "pass-through", "refuse", "unknown")
+# Which way cgnetns-exec (the front, helper/front.c) goes for a process:
+# "set-user-id" (it execs the set-user-ID helper, which joins the namespace and
+# execs the program) or "broker" (no privilege can be gained: it asks cgnetnsd,
+# whose supervisor mints the program's sockets).
+EXEC_PATHS = ("set-user-id", "broker")
 
 # reason_code -> (verdict, category).  The category is what a refusal of
 # cgnetns-exec names; the codes are part of cgnetns-show's JSON interface
@@ -59,6 +76,7 @@ REASONS = {
     "no-cgroup2-membership": ("refuse", "cgroup"),
     "cgroup-unreachable": ("refuse", "cgroup"),
     "not-in-cgroup": ("refuse", "cgroup"),
+    "cgroupns": ("refuse", "cgroup"),
     "tag-owner": ("refuse", "tag"),
     "tag-format": ("refuse", "tag"),
     "tag-version": ("refuse", "tag"),
@@ -302,6 +320,9 @@ class Explanation:
         self.approved = None         # NsIdentity from the tag
         self.record = None           # dict or None
         self.allow_list = None       # dict from check_allow_list
+        self.same_cgroupns = None    # in cgnetns-show's cgroup namespace (None: unknown)
+        self.exec_path = None        # one of EXEC_PATHS, or None
+        self.exec_path_reason = None
         self.verdict = None
         self.reason_code = None
         self.reason = None
@@ -316,6 +337,25 @@ class Explanation:
         assert code in REASONS, code
         self.verdict = REASONS[code][0]
         self.reason_code, self.reason, self.fix = code, reason, fix
+
+    def on_join(self):
+        """For a join: what cgnetns-exec gives on each path, in words."""
+        if self.verdict != "join":
+            return None
+        approved = ns_name(self.approved)
+        own = ns_name(self.netns)
+        return {
+            "set_user_id": "the helper joins %s and executes the program there: the program "
+                           "and everything it starts run in the approved namespace, with the "
+                           "process's ids, descriptors and environment" % approved,
+            "broker": "the program runs as the process itself, in its own %s, with "
+                      "no_new_privs and a seccomp filter: the AF_INET and AF_INET6 sockets "
+                      "that allow-listed executables of the build ask for are made in %s "
+                      "(with the process's uid, groups and cgroup); every other socket, and "
+                      "every socket of a program that is not on the allow list (what distcc "
+                      "starts, the interpreter of a \"#!\" script), stays in %s"
+                      % (own, approved, own),
+        }
 
     def to_dict(self):
         tag = None
@@ -354,6 +394,10 @@ class Explanation:
             "reason": self.reason,
             "fix": self.fix,
             "notes": self.notes,
+            "same_cgroupns": self.same_cgroupns,
+            "exec_path": self.exec_path,
+            "exec_path_reason": self.exec_path_reason,
+            "on_join": self.on_join(),
         }
 
 
@@ -414,8 +458,8 @@ class _Subject:
 
 
 def explain(pid=None, *, proc="/proc", sys_cgroup=cgroups.SYS_CGROUP,
-            run_dir=namespaces.RUN_DIR, allow_list=ALLOW_LIST, privileged=None,
-            lock_holders=None):
+            run_dir=RUN_DIR, allow_list=ALLOW_LIST, privileged=None,
+            lock_holders=None, helper=paths.HELPER):
     """Explain what cgnetns-exec would do for PID (default: this process).
 
     Raises ProcessGone (no such process, or it exited meanwhile), NoPermission,
@@ -428,16 +472,31 @@ def explain(pid=None, *, proc="/proc", sys_cgroup=cgroups.SYS_CGROUP,
     ex.privileged = can_read_trusted_xattrs(proc) if privileged is None else privileged
     subj = _Subject(pid, proc)
     try:
-        _describe_process(ex, subj)
+        _describe_process(ex, subj, helper)
         ex.allow_list = check_allow_list(allow_list)
         try:
             _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders)
         except _Verdict as r:
             ex.decide(r.code, r.reason, r.fix)
+        # Step 0 (helper/resolve.c): the broker refuses a peer in a cgroup
+        # namespace other than its own before it looks at the cgroup at all.
+        if ex.same_cgroupns is False:
+            ex.notes.append("judged from this cgroup namespace the verdict would be %s (%s)"
+                            % (ex.verdict, ex.reason))
+            ex.decide("cgroupns",
+                      "process %d is in a cgroup namespace of its own (not cgnetns-show's, "
+                      "which is where cgnetnsd runs): its cgroup path is relative to a root "
+                      "the resolver does not see, so the broker refuses it (125) at once; "
+                      "the set-user-ID helper judges it by its own view and refuses (125) "
+                      "unless its path names its cgroup on the cgroup2 mount it sees"
+                      % ex.tgid,
+                      "call the program from the build's own cgroup namespace (no "
+                      "unshare -C / --cgroup between the build and cgnetns-exec)")
         # cgnetns-exec reads its allow list first and refuses every call when
-        # the file is unsafe or missing (helper/allow.c).
+        # the file is unsafe or missing (helper/allow.c, before any other
+        # step on both paths).
         state = ex.allow_list["state"]
-        if state in ("unsafe", "missing") and ex.verdict != "refuse":
+        if state in ("unsafe", "missing"):
             ex.notes.append("without the allow-list problem the verdict would be %s (%s)"
                             % (ex.verdict, ex.reason))
             if state == "unsafe":
@@ -457,7 +516,7 @@ def explain(pid=None, *, proc="/proc", sys_cgroup=cgroups.SYS_CGROUP,
     return ex
 
 
-def _describe_process(ex, subj):
+def _describe_process(ex, subj, helper=paths.HELPER):
     status = subj.read("status").decode(errors="replace")
     fields = {}
     for line in status.splitlines():
@@ -476,19 +535,18 @@ def _describe_process(ex, subj):
         ex.command = " ".join(a.decode(errors="replace") for a in cmdline.rstrip(b"\0").split(b"\0"))
     else:
         ex.command = "[%s]" % fields.get("Name", "?")
-    for ns, what in (("cgroup", "cgroup namespace"), ("mnt", "mount namespace")):
-        try:
-            theirs = os.stat("ns/" + ns, dir_fd=subj.fd).st_ino
-            ours = os.stat("/proc/self/ns/" + ns).st_ino
-        except OSError:
-            continue
-        if theirs != ours:
-            ex.notes.append(
-                "the process is in another %s than cgnetns-show: this is the decision as seen "
-                "from here (as cgnetnsd sees its peers); cgnetns-exec started by it reads its own "
-                "view%s" % (what, " and may refuse (process not in its cgroup)" if ns == "cgroup"
-                            else " of /run/cgnetns, /etc/cgnetns/allow and cgroup2 (to see it: "
-                            "nsenter -t %d -m cgnetns-show %d)" % (ex.pid, ex.pid)))
+    ex.same_cgroupns = _same_ns(subj, "cgroup")
+    if ex.same_cgroupns is None:
+        ex.notes.append("cannot tell whether the process shares cgnetns-show's cgroup "
+                        "namespace (its /proc/%d/ns/cgroup is not readable here)" % ex.pid)
+    if _same_ns(subj, "mnt") is False:
+        ex.notes.append(
+            "the process is in another mount namespace than cgnetns-show: cgnetnsd, like "
+            "cgnetns-show, reads the allow list, the pins and cgroup2 in its own view, shown "
+            "here; the set-user-ID helper reads them in the process's view (to see that: "
+            "nsenter -t %d -m cgnetns-show %d)" % (ex.pid, ex.pid))
+    userns = _ns_ino(subj, "user")
+    ex.exec_path, ex.exec_path_reason = exec_path(fields, userns, helper)
     try:
         fd = os.open("ns/net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=subj.fd)
     except (FileNotFoundError, ProcessLookupError):
@@ -500,6 +558,70 @@ def _describe_process(ex, subj):
         ex.netns = namespaces.identity_of_fd(fd)
     finally:
         os.close(fd)
+
+
+def _ns_ino(subj, ns):
+    try:
+        st = os.stat("ns/" + ns, dir_fd=subj.fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _same_ns(subj, ns):
+    """Whether the process is in this process's namespace of kind NS (None:
+    cannot be told)."""
+    theirs = _ns_ino(subj, ns)
+    try:
+        st = os.stat("/proc/self/ns/" + ns)
+    except OSError:
+        return None
+    return None if theirs is None else theirs == (st.st_dev, st.st_ino)
+
+
+def helper_usable(helper=paths.HELPER):
+    """Why the set-user-ID helper cannot gain privilege as installed, or None
+    when it can (root-owned, set-user-ID, not on a nosuid mount)."""
+    try:
+        st = os.stat(helper)
+    except OSError as e:
+        return "the set-user-ID helper %s cannot be found (%s)" % (helper, e.strerror)
+    if st.st_uid != 0 or not st.st_mode & stat.S_ISUID:
+        return "the helper %s is not set-user-ID root" % helper
+    try:
+        if os.statvfs(helper).f_flag & os.ST_NOSUID:
+            return "the helper %s is on a nosuid mount" % helper
+    except OSError:
+        pass
+    return None
+
+
+def exec_path(fields, userns=None, helper=paths.HELPER):
+    """Which path cgnetns-exec started by a process takes, as helper/front.c
+    and helper/main.c decide it: (one of EXEC_PATHS, why).
+
+    FIELDS: the process's /proc/PID/status as a dict; USERNS: (st_dev, st_ino)
+    of its user namespace, or None when unknown.  Children inherit
+    no_new_privs and the user namespace, so this holds for what the process
+    starts as well."""
+    if fields.get("NoNewPrivs") == "1":
+        return "broker", ("no_new_privs is set (Gentoo's sandbox sets it): the front does not "
+                          "execute the set-user-ID helper and asks cgnetnsd")
+    if userns is not None and userns[1] != INIT_USER_NS_INO:
+        return "broker", ("the process is in a user namespace, where the set-user-ID bit gains "
+                          "nothing: the helper asks cgnetnsd")
+    tracer = fields.get("TracerPid", "0")
+    if tracer not in ("", "0"):
+        return "broker", ("the process is traced (by process %s): a set-user-ID exec under "
+                          "ptrace gains nothing (unless the tracer has CAP_SYS_PTRACE), and "
+                          "the helper then asks cgnetnsd" % tracer)
+    problem = helper_usable(helper)
+    if problem:
+        return "broker", problem + ": the front asks cgnetnsd"
+    why = "no no_new_privs, ptrace or user namespace: the front executes the set-user-ID helper"
+    if userns is None:
+        why += " (the process's user namespace cannot be read here)"
+    return "set-user-id", why
 
 
 def _open_cgroup(ex, root_fd, cgpath):
@@ -641,7 +763,9 @@ def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
                       "allow-listed programs run unchanged" % ns_name(ex.approved))
     raise _Verdict("approved-netns-differs",
                   "the process is in %s, its build %s approves %s: allow-listed programs "
-                  "started through cgnetns-exec run in the approved namespace"
+                  "started through cgnetns-exec get the approved namespace (the program "
+                  "runs there on the set-user-ID path; on the broker path its AF_INET and "
+                  "AF_INET6 sockets are made there)"
                   % (ns_name(ex.netns), ex.tagged_cgroup, ns_name(ex.approved)))
 
 
@@ -656,7 +780,7 @@ def _unprivileged_hint(ex, chain):
 PIN_STATES = ("ok", "missing", "unsafe-dir", "not-nsfs", "not-net", "mismatch")
 
 
-def inspect_pin(pin_id, tag=None, run_dir=namespaces.RUN_DIR):
+def inspect_pin(pin_id, tag=None, run_dir=RUN_DIR):
     """The pin PIN_ID checked as cgnetns-exec checks it (step 5 of the rule).
 
     Returns a dict: ``path``; ``state`` (one of PIN_STATES, ``ok`` also when

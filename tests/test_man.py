@@ -5,8 +5,9 @@ command's --help agrees with its page.
 
 The --help test is parametrized over the commands that exist when the tests
 are collected: a Python command whose module (cgnetns.cli.*) exists, and
-cgnetns-exec when its binary is installed (/usr/local/bin) or built
-(helper/build).  A command that does not exist yet therefore has no test
+cgnetns-exec when its front is installed (cgnetns.paths.FRONT) or built
+(helper/build); the set-user-ID helper it executes (cgnetns.paths.HELPER)
+answers --help as the front does, and is documented in cgnetns-exec(8) too.  A command that does not exist yet therefore has no test
 case (visible in the test ids), rather than a skipped one;
 test_the_commands_that_must_exist_do fails if one of those that this tree
 already has disappears, and test_every_command_has_a_page covers all five
@@ -20,11 +21,15 @@ import shutil
 
 import pytest
 
+from cgnetns import paths
+
 from conftest import PY, REPO, repo_env, run
 
 MAN = os.path.join(REPO, "doc", "man")
-HELPER_BINARIES = ["/usr/local/bin/cgnetns-exec", os.path.join(REPO, "helper", "build",
-                                                                "cgnetns-exec")]
+# cgnetns-exec: the front builds call (installed, or built in the checkout).
+HELPER_BINARIES = [paths.FRONT, os.path.join(REPO, "helper", "build", "cgnetns-exec")]
+# The set-user-ID helper the front executes (installed, or built).
+SETUID_HELPERS = [paths.HELPER, os.path.join(REPO, "helper", "build", "cgnetns-helper")]
 # command -> its Python module (None: the C helper)
 COMMANDS = {
     "cgnetns-run": "cgnetns.cli.run",
@@ -99,6 +104,21 @@ def test_help_agrees_with_the_page(name):
     documented = set(re.findall(r"\*\*(--?[A-Za-z][\w-]*)\*\*", section(text, "OPTIONS")))
     extra = sorted(documented - helped)
     assert not extra, "%s(8) documents options --help lacks: %s" % (name, extra)
+
+
+@pytest.mark.parametrize("binary", [b for b in SETUID_HELPERS if os.path.exists(b)])
+def test_helper_help_agrees_with_the_exec_page(binary):
+    """The helper refuses --help as the front does, and cgnetns-exec(8) names
+    it, where it is installed, and its --supervise mode (cgnetnsd's)."""
+    r = run([binary, "--help"], env=repo_env())
+    text = (r.stdout + r.stderr).decode()
+    assert r.returncode == 125 and "usage: cgnetns-exec" in text, text
+    helped = set(OPTION.findall(text))
+    assert helped == set(OPTION.findall(help_text("cgnetns-exec"))), text
+    exec_page = page("cgnetns-exec")
+    for word in (paths.HELPER, paths.FRONT, "--supervise"):
+        assert word in exec_page, word
+    assert "--supervise" in page("cgnetnsd") and paths.HELPER in page("cgnetnsd")
 
 
 def _rst2man():

@@ -1,24 +1,37 @@
 """cgnetns-show on the real kernel (issue 6): the verdict it explains is the one
-cgnetns-exec acts on; --all lists concurrent builds; --check; bad input.
+cgnetns-exec acts on, on both paths; --all lists concurrent builds; --check
+checks the helper, the front and the broker; bad input.
 
-The comparison tests need the installed helper (/usr/local/bin/cgnetns-exec,
-setuid root: ``make install``); they fail, not skip, when it is missing.  Each
-probe runs in a private mount namespace with its own allow list (a tmpfs on
+The comparison tests need the installed front and helper (``make install``:
+cgnetns.paths.FRONT, dynamic and not set-user-ID, and cgnetns.paths.HELPER,
+set-user-ID root); they fail, not skip, when either is missing.  Each probe
+runs in a private mount namespace with its own allow list (a tmpfs on
 /etc/cgnetns), and cgnetns-show is run inside that same mount namespace
 (nsenter -m), so both read the same policy; nothing on the host changes.
+
+The broker-path comparisons need cgnetnsd on the socket the installed front
+has compiled in (cgnetns.paths.BROKER_SOCKET): they start one there, in a
+private mount namespace with the same private allow list, run cgnetns-show in
+that mount namespace (the broker's helper reads the allow list there), and
+stop it by its PID.  If another broker already answers there they fail.
 """
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from cgnetns import namespaces, resolve, tags
+from cgnetns import namespaces, paths, resolve, tags
 from cgnetns.build import Build
 from cgnetns.cli import show
 
@@ -31,18 +44,36 @@ LEAK_PREFIX = MINE  # conftest.clean_host checks only these
 
 
 SHOW = [PY, "-m", "cgnetns.cli.show"]
-HELPER = "/usr/local/bin/cgnetns-exec"
-PROBE_PROGRAM = "/usr/bin/stat"
+FRONT = paths.FRONT      # what builds call: dynamic, not set-user-ID (helper/front.c)
+HELPER = paths.HELPER    # the set-user-ID root helper the front executes
+# The program every probe runs through cgnetns-exec: Debian's python3 (root's
+# interpreter lives under /root, 0700), with the standard library only.
+PROBE_PROGRAM = os.path.realpath("/usr/bin/python3")
+# It prints the identity of the network namespace it runs in, and what a TCP
+# connection to 127.0.0.1:PORT brought: the token of the test's server when
+# the connection reached the test's own (the approved) namespace, "none" when
+# it did not.  On the broker path the program stays in its own namespace and
+# only its AF_INET socket is made in the approved one.
+NETPROBE = (
+    "import os, socket, sys\n"
+    "st = os.stat('/proc/self/ns/net')\n"
+    "try:\n"
+    "    s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n"
+    "    got = s.recv(64).decode() or 'empty'\n"
+    "except OSError:\n"
+    "    got = 'none'\n"
+    "print(st.st_dev, st.st_ino, got)\n")
 
-# Inside a private mount namespace: a set-up step ($2), our own allow list (mode $1), then become
-# nobody, say "ready", wait, and exec the helper on a program that prints the
-# identity of the network namespace it runs in.
+# Inside a private mount namespace: a set-up step ($2), our own allow list
+# (mode $1), then become nobody (with setpriv's further options or a command
+# in front, $3), say "ready", wait, and exec the front on the probe program
+# (the rest of the arguments).
 PROBE = (
-    "eval \"$2\" && mount -t tmpfs -o mode=755,size=64k cgnetns-test /etc/cgnetns && "
-    "printf '%%s\\n' %s > /etc/cgnetns/allow && chmod \"$1\" /etc/cgnetns/allow && "
-    "exec setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c "
-    "'echo ready; read go; exec %s %s -L -c \"%%d %%i\" /proc/self/ns/net'"
-    % (PROBE_PROGRAM, HELPER, PROBE_PROGRAM))
+    "eval \"$2\" && mount -t tmpfs -o mode=755,size=64k cgnetns-test %s && "
+    "printf '%%s\\n' %s > %s && chmod \"$1\" %s && wrap=$3 && shift 3 && "
+    "exec setpriv --reuid=nobody --regid=nogroup --clear-groups $wrap "
+    "sh -c 'echo ready; read go; exec \"$@\"' probe \"$@\""
+    % (os.path.dirname(paths.ALLOW_PATH), PROBE_PROGRAM, paths.ALLOW_PATH, paths.ALLOW_PATH))
 
 # What cgnetns-exec says (helper/*.c) for each refusal cgnetns-show names.
 HELPER_SAYS = {
@@ -55,23 +86,113 @@ HELPER_SAYS = {
     "allow-list-unsafe": r"unsafe allow list|allow list \S+, line \d+|larger than",
     "allow-list-missing": r"allow list \S+: cannot open",
     "no-cgroup2": r"cgroup2 is mounted neither at",
+    "cgroupns": r"process (\d+) is in a cgroup namespace of its own",
 }
 
 
 def require_helper():
-    try:
-        st = os.stat(HELPER)
-    except FileNotFoundError:
-        pytest.fail("%s is not installed: run `make install` first" % HELPER)
+    """The installed front and helper, as make install leaves them."""
+    for path in (FRONT, HELPER):
+        if not os.path.exists(path):
+            pytest.fail("%s is not installed: run `make install` first" % path)
+    st = os.stat(HELPER)
     assert st.st_uid == 0 and st.st_mode & stat.S_ISUID, "%s is not setuid root" % HELPER
-    assert os.path.isdir("/etc/cgnetns"), "make install creates /etc/cgnetns"
+    st = os.stat(FRONT)
+    assert not st.st_mode & stat.S_ISUID, "%s is set-user-ID (only the helper is)" % FRONT
+    assert os.path.isdir(os.path.dirname(paths.ALLOW_PATH)), "make install creates it"
+
+
+@pytest.fixture
+def server():
+    """A TCP server on 127.0.0.1 in the test's (the approved) network
+    namespace that sends a token to whoever connects: (port, token)."""
+    token = secrets.token_hex(8)
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    ls.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                c, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with c:
+                c.sendall(token.encode())
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield ls.getsockname()[1], token
+    finally:
+        stop.set()
+        t.join(5)
+        ls.close()
+
+
+def broker_answers(path=paths.BROKER_SOCKET):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@contextlib.contextmanager
+def system_broker(tmp_path):
+    """cgnetnsd on the system socket (the one the installed front asks), in a
+    private mount namespace whose allow list is the probes' own; yields its
+    PID, and stops it by that PID.  Its log is in tmp_path.
+
+    The mount namespace is a copy of this one when it starts: start it inside
+    the build (``with Build(...) as b, system_broker(...)``) so that it sees
+    the build's pin; it is stopped before the build ends."""
+    require_helper()
+    if broker_answers():
+        pytest.fail("a cgnetnsd already answers on %s: these tests start their own there "
+                    "(with a private allow list); stop it first" % paths.BROKER_SOCKET)
+    logpath = tmp_path / "cgnetnsd.log"
+    script = ("mount -t tmpfs -o mode=755,size=64k cgnetns-test %s && printf '%%s\\n' %s > %s && "
+              "chmod 644 %s && exec %s -m cgnetns.cli.broker"
+              % (os.path.dirname(paths.ALLOW_PATH), PROBE_PROGRAM, paths.ALLOW_PATH,
+                 paths.ALLOW_PATH, PY))
+    with open(logpath, "wb") as log:
+        p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                             env=repo_env(), stdout=log, stderr=log)
+    try:
+        # Ours once it says it serves (it takes the socket's lock first).
+        deadline = time.monotonic() + 20
+        while "serving " not in logpath.read_text():
+            if p.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("cgnetnsd did not start: %s" % logpath.read_text())
+            time.sleep(0.05)
+        assert broker_answers()
+        yield p.pid
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        sys.stderr.write("cgnetnsd's log:\n%s" % logpath.read_text())
+    assert not broker_answers(), "the test's cgnetnsd left its socket answering"
 
 
 class Probe:
     """A process that shows itself to cgnetns-show, then execs cgnetns-exec."""
 
-    def __init__(self, build=None, unshare_net=True, allow_mode="644", setup=":"):
-        argv = ["unshare", "-m", "sh", "-c", PROBE, "probe", allow_mode, setup]
+    def __init__(self, build=None, unshare_net=True, allow_mode="644", setup=":", wrap="",
+                 port=1):
+        argv = ["unshare", "-m", "sh", "-c", PROBE, "probe", allow_mode, setup, wrap,
+                FRONT, PROBE_PROGRAM, "-I", "-S", "-c", NETPROBE, str(port)]
         kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if build is not None:
             self.proc = build.spawn(argv, unshare_net=unshare_net, **kw)
@@ -84,10 +205,11 @@ class Probe:
             pytest.fail("probe did not start: %r %r" % (line + out, err))
         self.pid = self.proc.pid
 
-    def show(self, *extra):
-        """cgnetns-show --json PID, run in the probe's mount namespace."""
-        r = run(["nsenter", "-t", str(self.pid), "-m", "--"] + SHOW + ["--json"] + list(extra)
-                + [str(self.pid)], env=repo_env())
+    def show(self, *extra, mount_ns_of=None):
+        """cgnetns-show --json PID, run in the probe's mount namespace (or in
+        that of process MOUNT_NS_OF: the broker's, whose view its helper reads)."""
+        r = run(["nsenter", "-t", str(mount_ns_of or self.pid), "-m", "--"] + SHOW + ["--json"]
+                + list(extra) + [str(self.pid)], env=repo_env())
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
@@ -101,27 +223,36 @@ class Probe:
             self.proc.communicate(timeout=10)
 
 
-def compare(probe):
-    """Show the probe, let it exec the helper, and check that both agree."""
-    d = probe.show()
+def compare(probe, token=None, mount_ns_of=None):
+    """Show the probe, let it exec the front, and check that both agree."""
+    d = probe.show(mount_ns_of=mount_ns_of)
     rc, out, err = probe.exec_helper()
     verdict = d["verdict"]
+    assert d["exec_path"] in resolve.EXEC_PATHS, d["exec_path"]
+    assert (d["on_join"] is not None) == (verdict == "join")
+    if verdict in ("join", "pass-through"):
+        assert rc == 0 and err == "", (d["reason"], rc, err)
+        dev, ino, got = out.split()
+        ran_in = (int(dev), int(ino))
+        own = (d["netns"]["dev"], d["netns"]["ino"])
     if verdict == "join":
-        assert rc == 0 and err == "", (d["reason"], rc, err)
-        dev, ino = map(int, out.split())
-        assert (dev, ino) == (d["approved_netns"]["dev"], d["approved_netns"]["ino"])
-        assert (dev, ino) != (d["netns"]["dev"], d["netns"]["ino"])
+        approved = (d["approved_netns"]["dev"], d["approved_netns"]["ino"])
+        assert approved != own
+        if d["exec_path"] == "set-user-id":
+            assert ran_in == approved  # the program runs in the approved namespace
+        else:
+            assert ran_in == own       # it stays in its own; its socket was made there
+        assert got == token, (d["exec_path"], got)
     elif verdict == "pass-through":
-        assert rc == 0 and err == "", (d["reason"], rc, err)
-        dev, ino = map(int, out.split())
-        assert (dev, ino) == (d["netns"]["dev"], d["netns"]["ino"])
+        assert ran_in == own
+        assert (got == token) == bool(d["in_approved_netns"]), got
     elif verdict == "refuse":
         assert rc == 125, (d["reason"], rc, out, err)
         assert out == "", out  # nothing was run
         assert err.count("\n") == 1 and err.startswith("cgnetns-exec: "), err
         pattern = HELPER_SAYS[d["reason_code"]]
         assert re.search(pattern, err), (d["reason_code"], err)
-        if d["tagged_cgroup"] and "cgroup" in pattern:
+        if d["tagged_cgroup"] and d["category"] == "tag":
             assert d["tagged_cgroup"] in err, (d["tagged_cgroup"], err)
     else:
         pytest.fail("unexpected verdict %r" % verdict)
@@ -134,12 +265,13 @@ def _set_tag(path, value):
 
 # -- the same verdict as cgnetns-exec ----------------------------------------
 
-def test_probe_inside_a_build_joins(clean_host):
+def test_probe_inside_a_build_joins(clean_host, server):
     require_helper()
+    port, token = server
     with Build(name="show-join") as b:
-        p = Probe(b, unshare_net=True)
+        p = Probe(b, unshare_net=True, port=port)
         try:
-            d, rc, out, err = compare(p)
+            d, rc, out, err = compare(p, token)
         finally:
             p.close()
     assert d["verdict"] == "join" and d["reason_code"] == "approved-netns-differs"
@@ -154,30 +286,90 @@ def test_probe_inside_a_build_joins(clean_host):
     assert d["allow_list"]["state"] == "ok" and d["allow_list"]["programs"] == [PROBE_PROGRAM]
     assert isinstance(d["pid"], int) and isinstance(d["build"]["age"], float)
     assert d["in_approved_netns"] is False
+    assert d["same_cgroupns"] is True
+    assert d["exec_path"] == "set-user-id" and "set-user-ID helper" in d["exec_path_reason"]
+    assert "run in the approved namespace" in d["on_join"]["set_user_id"]
+    assert "AF_INET and AF_INET6 sockets" in d["on_join"]["broker"]
 
 
-def test_probe_in_the_approved_netns_passes_through(clean_host):
+def test_probe_in_the_approved_netns_passes_through(clean_host, server):
     require_helper()
+    port, token = server
     with Build(name="show-already") as b:
-        p = Probe(b, unshare_net=False)
+        p = Probe(b, unshare_net=False, port=port)
         try:
-            d, rc, out, err = compare(p)
+            d, rc, out, err = compare(p, token)
         finally:
             p.close()
     assert d["verdict"] == "pass-through" and d["reason_code"] == "already-in-approved-netns"
-    assert d["in_approved_netns"] is True
+    assert d["in_approved_netns"] is True and d["on_join"] is None
 
 
-def test_probe_outside_any_build_passes_through(clean_host):
+def test_probe_outside_any_build_passes_through(clean_host, server):
     require_helper()
-    p = Probe(None)
+    port, token = server
+    p = Probe(None, port=port)
     try:
-        d, rc, out, err = compare(p)
+        d, rc, out, err = compare(p, token)
     finally:
         p.close()
     assert d["verdict"] == "pass-through" and d["reason_code"] == "no-build"
     assert d["tagged_cgroup"] is None and d["tag"] is None and d["approved_netns"] is None
     assert d["ancestors"][-1]["cgroup"] == "/" and all(a["tag"] is None for a in d["ancestors"])
+
+
+# -- the broker path: the same verdicts, another outcome for a join -----------
+
+def test_broker_path_join_mints_the_programs_socket(clean_host, server, tmp_path):
+    """Under no_new_privs: cgnetns-show says join, on the broker path; the
+    program stays in its own namespace and its AF_INET socket reaches the
+    approved one."""
+    port, token = server
+    with Build(name="show-broker-join") as b, system_broker(tmp_path) as broker:
+        p = Probe(b, unshare_net=True, wrap="--no-new-privs", port=port)
+        try:
+            d, rc, out, err = compare(p, token, mount_ns_of=broker)
+        finally:
+            p.close()
+    assert d["verdict"] == "join" and d["exec_path"] == "broker"
+    assert "no_new_privs" in d["exec_path_reason"]
+    assert d["allow_list"]["programs"] == [PROBE_PROGRAM]
+
+
+def test_broker_path_outside_any_build_passes_through(clean_host, server, tmp_path):
+    port, token = server
+    with system_broker(tmp_path) as broker:
+        p = Probe(None, wrap="--no-new-privs", port=port)
+        try:
+            d, rc, out, err = compare(p, token, mount_ns_of=broker)
+        finally:
+            p.close()
+    assert d["verdict"] == "pass-through" and d["reason_code"] == "no-build"
+    assert d["exec_path"] == "broker"
+
+
+def test_own_cgroup_namespace_is_refused_by_both(clean_host, server, tmp_path):
+    """A build process in a cgroup namespace of its own (unshare -C, which an
+    unprivileged process can only do in a user namespace, where the helper
+    has no privilege and asks the broker): cgnetns-show says refuse
+    (cgroupns), and the broker refuses it at once (125, helper/resolve.c
+    step 0), although the build itself is intact."""
+    port, token = server
+    with Build(name="show-cgroupns") as b, system_broker(tmp_path) as broker:
+        p = Probe(b, unshare_net=True, wrap="unshare -U -C --map-root-user", port=port)
+        try:
+            d, rc, out, err = compare(p, token, mount_ns_of=broker)
+        finally:
+            p.close()
+    assert d["verdict"] == "refuse" and d["reason_code"] == "cgroupns", d["reason"]
+    assert d["category"] == "cgroup" and d["fix"]
+    assert d["same_cgroupns"] is False and d["exec_path"] == "broker"
+    assert "user namespace" in d["exec_path_reason"]
+    # the pid the broker names is the one cgnetns-show explained
+    assert int(re.search(HELPER_SAYS["cgroupns"], err).group(1)) == d["tgid"] == p.pid
+    # and from this cgroup namespace the build would have joined
+    assert d["tagged_cgroup"] == b.cgroup and d["pin"]["matches"]
+    assert any("would be join" in n for n in d["notes"]), d["notes"]
 
 
 def _remove_pin_by_hand(b):
@@ -265,7 +457,7 @@ def test_missing_allow_list_is_refused_by_both(clean_host):
     with Build(name="show-noallow") as b:
         p = Probe(b, unshare_net=True)
         try:
-            subprocess.run(["nsenter", "-t", str(p.pid), "-m", "rm", "/etc/cgnetns/allow"],
+            subprocess.run(["nsenter", "-t", str(p.pid), "-m", "rm", paths.ALLOW_PATH],
                            check=True)
             d, rc, out, err = compare(p)
         finally:
@@ -462,6 +654,15 @@ def _check(prefix=""):
     return r.returncode, {c["name"]: c for c in d["checks"]}, d
 
 
+ALLOW_DIR = os.path.dirname(paths.ALLOW_PATH)
+
+
+def _allow_list(content, mode):
+    """Shell steps: a private allow list with CONTENT (printf format) and MODE."""
+    return ("mount -t tmpfs -o mode=755 none %s && printf '%s' > %s && chmod %s %s && "
+            % (ALLOW_DIR, content, paths.ALLOW_PATH, mode, paths.ALLOW_PATH))
+
+
 def test_check_on_this_machine():
     require_helper()
     r = run(SHOW + ["--check", "--json"], env=repo_env())
@@ -469,16 +670,19 @@ def test_check_on_this_machine():
     checks = {c["name"]: c for c in d["checks"]}
     assert r.returncode == (1 if d["failed"] else 0)
     assert d["failed"] == sum(c["status"] == "fail" for c in d["checks"])
-    for name in ("helper", "helper-setuid", "helper-static", "allow-list", "cgroup2",
+    for name in ("helper", "helper-setuid", "helper-static", "helper-paths", "front",
+                 "front-mode", "front-dynamic", "front-paths", "allow-list", "cgroup2",
                  "cgroup-xattrs", "systemd", "run-dir", "ns-get-id", "openat2", "so-peerpidfd",
                  "cgroup-kill", "clone-into-cgroup", "broker", "python", "debris"):
         assert name in checks, name
     for c in d["checks"]:
         assert c["status"] in ("ok", "warn", "fail")
         assert (c["fix"] is None) == (c["status"] == "ok"), c
-    for name in ("helper", "helper-setuid", "helper-static", "cgroup2", "cgroup-xattrs",
+    for name in ("helper", "helper-setuid", "helper-static", "helper-paths", "front",
+                 "front-mode", "front-dynamic", "front-paths", "cgroup2", "cgroup-xattrs",
                  "ns-get-id", "openat2", "so-peerpidfd", "cgroup-kill", "clone-into-cgroup"):
         assert checks[name]["status"] == "ok", checks[name]  # kernel 6.18, make install
+    assert HELPER in checks["helper"]["message"] and FRONT in checks["front"]["message"]
     assert "/sys/fs/cgroup/unified (hybrid" in checks["cgroup2"]["message"]
     h = run(SHOW + ["--check"], env=repo_env())
     assert h.returncode == r.returncode
@@ -490,7 +694,7 @@ def test_check_on_this_machine():
 
 def test_check_helper_without_setuid_bit(tmp_path):
     require_helper()
-    copy = tmp_path / "cgnetns-exec"
+    copy = tmp_path / "cgnetns-helper"
     subprocess.run(["cp", HELPER, str(copy)], check=True)
     os.chmod(copy, 0o755)
     rc, checks, d = _check("mount --bind %s %s && " % (copy, HELPER))
@@ -498,29 +702,137 @@ def test_check_helper_without_setuid_bit(tmp_path):
     c = checks["helper-setuid"]
     assert c["status"] == "fail" and "setuid bit is not set" in c["message"]
     assert "chmod 4755" in c["fix"]
+    assert checks["front"]["status"] == "ok"  # the front is checked on its own
     assert os.stat(HELPER).st_mode & stat.S_ISUID  # the real one is untouched
+
+
+def test_check_helper_missing():
+    require_helper()
+    rc, checks, d = _check("mount -t tmpfs -o mode=755 none %s && " % os.path.dirname(HELPER))
+    assert rc == 1
+    c = checks["helper"]
+    assert c["status"] == "fail" and HELPER in c["message"] and "make install" in c["fix"]
+    assert "helper-setuid" not in checks
+    assert checks["front"]["status"] == "ok"
+
+
+def test_check_front_set_user_id(tmp_path):
+    """A set-user-ID front is a failure: only the helper may hold privilege."""
+    require_helper()
+    copy = tmp_path / "cgnetns-exec"
+    subprocess.run(["cp", FRONT, str(copy)], check=True)
+    os.chmod(copy, 0o4755)
+    rc, checks, d = _check("mount --bind %s %s && " % (copy, FRONT))
+    assert rc == 1
+    c = checks["front-mode"]
+    assert c["status"] == "fail" and "set-user-ID" in c["message"], c
+    assert "chmod 0755" in c["fix"]
+    assert checks["front-dynamic"]["status"] == "ok" and checks["front-paths"]["status"] == "ok"
+    assert checks["helper-setuid"]["status"] == "ok"
+    assert not os.stat(FRONT).st_mode & stat.S_ISUID  # the real one is untouched
+
+
+def test_check_front_that_is_static_and_built_for_another_helper(tmp_path):
+    """The static helper installed as the front (not set-user-ID): a warning
+    (Gentoo's sandbox would ptrace it), and a failure because it does not
+    execute the installed helper."""
+    require_helper()
+    copy = tmp_path / "cgnetns-exec"
+    subprocess.run(["cp", HELPER, str(copy)], check=True)
+    os.chmod(copy, 0o755)
+    rc, checks, d = _check("mount --bind %s %s && " % (copy, FRONT))
+    assert rc == 1
+    assert checks["front-mode"]["status"] == "ok"
+    c = checks["front-dynamic"]
+    assert c["status"] == "warn" and "statically linked" in c["message"] and c["fix"]
+    c = checks["front-paths"]
+    assert c["status"] == "fail" and HELPER in c["message"], c
+    assert "same PREFIX" in c["fix"]
+
+
+def test_check_front_missing():
+    require_helper()
+    rc, checks, d = _check("mount -t tmpfs -o mode=755 none %s && " % os.path.dirname(FRONT))
+    assert rc == 1
+    c = checks["front"]
+    assert c["status"] == "fail" and FRONT in c["message"] and "make install" in c["fix"]
+    assert "front-mode" not in checks
+    assert checks["helper-setuid"]["status"] == "ok"
 
 
 def test_check_group_writable_allow_list():
     require_helper()
-    rc, checks, d = _check("mount -t tmpfs -o mode=755 none /etc/cgnetns && "
-                           "echo %s > /etc/cgnetns/allow && chmod 664 /etc/cgnetns/allow && "
-                           % PROBE_PROGRAM)
+    rc, checks, d = _check(_allow_list(PROBE_PROGRAM + "\\n", "664"))
     assert rc == 1
     c = checks["allow-list"]
     assert c["status"] == "fail" and "group or other writable" in c["message"]
     assert "chmod 644" in c["fix"]
     # and the same list with a safe mode is fine
-    rc, checks, d = _check("mount -t tmpfs -o mode=755 none /etc/cgnetns && "
-                           "echo %s > /etc/cgnetns/allow && chmod 644 /etc/cgnetns/allow && "
-                           % PROBE_PROGRAM)
+    rc, checks, d = _check(_allow_list("/usr/bin/stat\\n", "644"))
     assert checks["allow-list"]["status"] == "ok", checks["allow-list"]
     # a general-purpose launcher on the list is worth a warning
-    rc, checks, d = _check("mount -t tmpfs -o mode=755 none /etc/cgnetns && "
-                           "printf '/usr/bin/env\\n' > /etc/cgnetns/allow && "
-                           "chmod 644 /etc/cgnetns/allow && ")
+    rc, checks, d = _check(_allow_list("/usr/bin/env\\n", "644"))
     c = checks["allow-list-program"]
     assert c["status"] == "warn" and "/usr/bin/env runs whatever" in c["message"]
+
+
+def _start_private_broker(sock):
+    log = str(sock) + ".log"
+    with open(log, "wb") as f:
+        p = subprocess.Popen(SHOW[:2] + ["cgnetns.cli.broker", "--socket", str(sock)],
+                             env=repo_env(), stdout=f, stderr=f)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(log) or "serving " not in open(log).read():
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            pytest.fail("cgnetnsd did not start: %s" % open(log).read())
+        time.sleep(0.05)
+    return p, log
+
+
+def test_check_broker(tmp_path):
+    """check_broker asks the broker for a program no allow list names: its
+    helper answers with a refusal, which proves the socket, the broker and
+    the helper it starts.  A socket builds cannot connect to, one nobody
+    serves, and one that accepts and never answers are failures."""
+    require_helper()
+    sock = tmp_path / "b.sock"
+    p, log = _start_private_broker(sock)
+    try:
+        c, = show.check_broker(str(sock))
+        assert c.status == "ok" and str(sock) in c.message, c.message
+        os.chmod(sock, 0o644)
+        c, = show.check_broker(str(sock))
+        assert c.status == "fail" and "mode 0644" in c.message and c.fix
+        os.chmod(sock, 0o666)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+    text = open(log).read()
+    assert re.search(r"refuse 126: %s: not in the allow list" % show.BROKER_PROBE_NAME, text), text
+    # the socket is gone with the broker
+    c, = show.check_broker(str(sock))
+    assert c.status == "warn" and "not running" in c.message
+    # a stale socket: nobody accepts
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()
+    os.chmod(sock, 0o666)
+    c, = show.check_broker(str(sock))
+    assert c.status == "fail" and "does not answer" in c.message
+    os.unlink(sock)
+    # accepted by the kernel (backlog), never answered
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        mute.bind(str(sock))
+        mute.listen(4)
+        os.chmod(sock, 0o666)
+        t0 = time.monotonic()
+        c, = show.check_broker(str(sock), timeout=0.5)
+        assert c.status == "fail" and "does not answer within" in c.message, c.message
+        assert time.monotonic() - t0 < 5
+    finally:
+        mute.close()
 
 
 def test_check_library_probes():
@@ -528,3 +840,20 @@ def test_check_library_probes():
     assert show.probe_ns_get_id() and show.probe_openat2()
     assert show.probe_so_peerpidfd() and show.probe_clone_into_cgroup()
     assert show._elf_interp(sys.executable) is not None  # a dynamic program
+    assert show._elf_interp(FRONT) is not None and show._elf_interp(HELPER) is None
+
+
+def test_exec_path_rule():
+    """Which path cgnetns-exec takes (helper/front.c, helper/main.c), from
+    /proc/PID/status and the user namespace."""
+    init = (0, resolve.INIT_USER_NS_INO)
+    assert resolve.exec_path({"NoNewPrivs": "1"}, init, HELPER)[0] == "broker"
+    assert resolve.exec_path({"NoNewPrivs": "0"}, (0, 4026532000), HELPER)[0] == "broker"
+    path, why = resolve.exec_path({"NoNewPrivs": "0", "TracerPid": "77"}, init, HELPER)
+    assert path == "broker" and "traced (by process 77)" in why
+    assert resolve.exec_path({"NoNewPrivs": "0", "TracerPid": "0"}, init, HELPER)[0] == \
+        "set-user-id"
+    path, why = resolve.exec_path({"NoNewPrivs": "0"}, init, "/nonexistent/cgnetns-helper")
+    assert path == "broker" and "cannot be found" in why
+    path, why = resolve.exec_path({"NoNewPrivs": "0"}, init, sys.executable)
+    assert path == "broker" and "not set-user-ID root" in why

@@ -31,7 +31,8 @@ from . import Parser, run_main
 
 PROG = "cgnetns-show"
 WIDTH = 100
-HELPER = paths.HELPER
+HELPER = paths.HELPER            # set-user-ID root, static
+FRONT = paths.FRONT              # what builds call: dynamic, not set-user-ID
 # Allow-listed, these run any program with the network (THREATS.md, "the boundary").
 LAUNCHERS = frozenset("""env sh bash dash zsh ksh mksh csh tcsh fish busybox toybox nice nohup
     setsid timeout xargs find sudo su doas runuser setpriv chroot nsenter unshare stdbuf
@@ -187,7 +188,13 @@ def format_explanation(d, width=WIDTH):
         out += _field("allow", text, width)
     for n in d["notes"]:
         out += _field("note", n, width)
+    if d.get("exec_path"):
+        out += _field("path", "%s: %s" % (d["exec_path"], d["exec_path_reason"]), width)
     out += _field("verdict", "%s: %s" % (d["verdict"].upper(), d["reason"]), width)
+    if d.get("on_join"):
+        # What the caller gets, on each path (the one above is the likely one).
+        out += _field("via suid", d["on_join"]["set_user_id"], width)
+        out += _field("via broker", d["on_join"]["broker"], width)
     if d["fix"]:
         out += _field("fix", d["fix"], width)
     return out
@@ -310,12 +317,22 @@ def find_helper():
     return HELPER if os.path.lexists(HELPER) else None
 
 
+def _names(path, *strings):
+    """Those of STRINGS (compiled-in paths) that the binary at PATH lacks."""
+    with open(path, "rb") as f:
+        data = f.read(64 << 20)
+    return [s for s in strings if b"\0" + s.encode() + b"\0" not in data]
+
+
 def check_helper(helper=None):
+    """The set-user-ID helper (helper/main.c): root-owned, set-user-ID, static,
+    not group/other writable, not on a nosuid mount."""
     checks = []
     helper = helper or find_helper()
     if helper is None or not os.path.lexists(helper):
-        return [Check("helper", "fail", "the set-user-ID helper is not installed (not at %s)"
-                      % HELPER, "run make install in a cgnetns checkout")]
+        return [Check("helper", "fail", "the set-user-ID helper is not installed (not at %s): "
+                      "cgnetns-exec can only ask the broker" % (helper or HELPER),
+                      "run make install in a cgnetns checkout")]
     checks.append(Check("helper", "ok", "set-user-ID helper at %s" % helper))
     st = os.stat(helper)
     problems = []
@@ -351,9 +368,86 @@ def check_helper(helper=None):
             checks.append(Check("helper-mount", "fail", "%s is on a nosuid mount: the setuid bit "
                                 "has no effect" % helper,
                                 "install into a directory on a mount without nosuid "
-                                "(make install BINDIR=...)"))
+                                "(make install LIBDIR=...)"))
     except OSError:
         pass
+    try:
+        missing = _names(helper, paths.ALLOW_PATH, paths.PINS_DIR, paths.BROKER_SOCKET)
+    except OSError as e:
+        missing = None
+        checks.append(Check("helper-paths", "warn", "cannot read %s: %s" % (helper, e.strerror),
+                            "run cgnetns-show --check as root"))
+    if missing:
+        checks.append(Check("helper-paths", "fail", "%s was built for another installation: it "
+                            "does not name %s, which cgnetns-run and cgnetns-show use"
+                            % (helper, " or ".join(missing)),
+                            "reinstall the helper and the Python package together (make install "
+                            "with the same PREFIX and SYSCONFDIR)"))
+    elif missing is not None:
+        checks.append(Check("helper-paths", "ok", "it reads %s and %s"
+                            % (paths.ALLOW_PATH, paths.PINS_DIR)))
+    return checks
+
+
+def check_front(front=None, helper=None, broker_socket=None):
+    """The front builds call (helper/front.c): it must exist, be dynamic and
+    not set-user-ID (Gentoo's sandbox ptraces static and set-user-ID programs
+    and strips their LD_PRELOAD), be executable by everyone, and name the
+    helper and the broker socket this installation uses."""
+    front = front or FRONT
+    helper = helper or HELPER
+    broker_socket = broker_socket or BROKER_SOCKET
+    try:
+        st = os.stat(front)
+    except FileNotFoundError:
+        return [Check("front", "fail", "cgnetns-exec, the front builds call, is not installed "
+                      "(not at %s)" % front, "run make install in a cgnetns checkout")]
+    except OSError as e:
+        return [Check("front", "fail", "cannot examine %s: %s" % (front, e.strerror),
+                      "run cgnetns-show --check as root")]
+    checks = [Check("front", "ok", "cgnetns-exec (the front) at %s" % front)]
+    mode = "%04o" % stat.S_IMODE(st.st_mode)
+    problems = []
+    if not stat.S_ISREG(st.st_mode):
+        problems.append("not a regular file")
+    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        problems.append("set-user-ID or set-group-ID (the front must hold no privilege: only "
+                        "the helper at %s is set-user-ID)" % helper)
+    if st.st_uid != 0:
+        problems.append("owned by uid %d, not root" % st.st_uid)
+    if st.st_mode & 0o022:
+        problems.append("group/other writable")
+    if st.st_mode & 0o111 != 0o111:
+        problems.append("not executable by everyone")
+    if problems:
+        checks.append(Check("front-mode", "fail", "%s (mode %s): %s"
+                            % (front, mode, ", ".join(problems)),
+                            "chown root:root %s && chmod 0755 %s (make install does it)"
+                            % (front, front)))
+    else:
+        checks.append(Check("front-mode", "ok", "root-owned, mode %s, not set-user-ID" % mode))
+    try:
+        interp = _elf_interp(front)
+        if interp is not None:
+            checks.append(Check("front-dynamic", "ok", "dynamically linked (interpreter %s): "
+                                "Gentoo's sandbox neither traces it nor strips its LD_PRELOAD"
+                                % interp))
+        else:
+            checks.append(Check("front-dynamic", "warn", "statically linked: Gentoo's sandbox "
+                                "ptraces it and what it runs, without its LD_PRELOAD",
+                                "install the dynamic front: make -C helper && make install"))
+        missing = _names(front, helper, broker_socket)
+        if missing:
+            checks.append(Check("front-paths", "fail", "%s was built for another installation: "
+                                "it does not name %s" % (front, " or ".join(missing)),
+                                "reinstall the front and the helper together (make install "
+                                "with the same PREFIX, BINDIR and LIBDIR)"))
+        else:
+            checks.append(Check("front-paths", "ok", "it executes %s and asks the broker on %s"
+                                % (helper, broker_socket)))
+    except (OSError, ValueError) as e:
+        checks.append(Check("front-dynamic", "fail", "cannot read %s as ELF: %s" % (front, e),
+                            "reinstall it: make install"))
     return checks
 
 
@@ -430,7 +524,7 @@ def check_cgroups(sys_cgroup=cgroups.SYS_CGROUP, proc="/proc",
     return out
 
 
-def check_run_dir(run_dir=namespaces.RUN_DIR):
+def check_run_dir(run_dir=resolve.RUN_DIR):
     out = []
     for path, want in ((run_dir, 0o755), (namespaces.pins_dir(run_dir), 0o700)):
         try:
@@ -560,7 +654,15 @@ def check_kernel(sys_cgroup=cgroups.SYS_CGROUP):
     return out
 
 
-def check_broker(path=BROKER_SOCKET):
+# The name check_broker asks the broker about: never on an allow list (not a
+# program), so the broker's helper answers "refuse 126 ..." after reading the
+# allow list, and nothing else happens.
+BROKER_PROBE_NAME = "cgnetns-show-check"
+
+
+def check_broker(path=BROKER_SOCKET, timeout=2.0):
+    """cgnetnsd on PATH: a socket every user may connect to, and a broker
+    whose helper answers a request (doc/BROKER.rst)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -574,19 +676,43 @@ def check_broker(path=BROKER_SOCKET):
     if not stat.S_ISSOCK(st.st_mode):
         return [Check("broker", "fail", "%s is not a socket" % path,
                       "remove it and restart cgnetnsd")]
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2)
+    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o666 != 0o666:
+        return [Check("broker", "fail", "%s is owned by uid %d, mode %04o: it must be root's "
+                      "and mode 0666, or builds cannot connect to it"
+                      % (path, st.st_uid, stat.S_IMODE(st.st_mode)),
+                      "restart cgnetnsd (it makes the socket 0666; so does cgnetnsd.socket)")]
+    from ..broker import encode_request
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.settimeout(timeout)
     try:
         s.connect(path)
+        s.sendall(encode_request(BROKER_PROBE_NAME))
+        answer = b""
+        while b"\n" not in answer and len(answer) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    except socket.timeout:
+        return [Check("broker", "fail", "cgnetnsd accepts on %s but does not answer within "
+                      "%g s" % (path, timeout),
+                      "look at cgnetnsd's log; restart it")]
     except OSError as e:
-        return [Check("broker", "fail", "cgnetnsd does not answer on %s: %s" % (path, e.strerror),
+        return [Check("broker", "fail", "cgnetnsd does not answer on %s: %s"
+                      % (path, e.strerror or e),
                       "restart cgnetnsd (a stale socket is left when it died)")]
     finally:
         s.close()
-    return [Check("broker", "ok", "cgnetnsd accepts connections on %s" % path)]
+    line = answer.split(b"\n", 1)[0].decode("ascii", errors="replace")
+    if not line.startswith("refuse "):
+        return [Check("broker", "fail", "cgnetnsd on %s gave no answer to a request (%s): its "
+                      "helper (cgnetnsd --helper, default %s) failed"
+                      % (path, _printable(line) or "connection closed", HELPER),
+                      "look at cgnetnsd's log (one line per request)")]
+    return [Check("broker", "ok", "cgnetnsd answers on %s" % path)]
 
 
-def check_debris(run_dir=namespaces.RUN_DIR, proc="/proc"):
+def check_debris(run_dir=resolve.RUN_DIR, proc="/proc"):
     from ..gc import inventory
     if not resolve.can_read_trusted_xattrs(proc):
         return [Check("debris", "warn", "cannot look for the debris of dead runs without root",
@@ -618,12 +744,13 @@ def check_python():
                   % (sys.version.split()[0], sys.executable))]
 
 
-def host_checks(*, helper=None, allow_list=resolve.ALLOW_LIST, sys_cgroup=cgroups.SYS_CGROUP,
-                run_dir=namespaces.RUN_DIR, proc="/proc", broker_socket=BROKER_SOCKET,
+def host_checks(*, helper=None, front=None, allow_list=resolve.ALLOW_LIST, sys_cgroup=cgroups.SYS_CGROUP,
+                run_dir=resolve.RUN_DIR, proc="/proc", broker_socket=BROKER_SOCKET,
                 systemd_rundir=cgroups.SYSTEMD_RUNDIR):
     """Every check of ``cgnetns-show --check``, as a list of :class:`Check`."""
     checks = []
     checks += check_helper(helper)
+    checks += check_front(front, helper, broker_socket)
     checks += check_allow_list(allow_list)
     checks += check_cgroups(sys_cgroup, proc, systemd_rundir)
     checks += check_run_dir(run_dir)
