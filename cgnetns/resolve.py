@@ -602,14 +602,31 @@ def exec_path(fields, userns=None, helper=paths.HELPER):
 
     FIELDS: the process's /proc/PID/status as a dict; USERNS: (st_dev, st_ino)
     of its user namespace, or None when unknown.  Children inherit
-    no_new_privs and the user namespace, so this holds for what the process
-    starts as well."""
+    no_new_privs, the user namespace and the bounding set, so this holds for
+    what the process starts as well.  The helper is privileged when it runs
+    as effective root with CAP_SYS_ADMIN in the initial user namespace; after
+    an exec as root (by the set-user-ID bit or not) the capabilities are the
+    bounding set."""
     if fields.get("NoNewPrivs") == "1":
         return "broker", ("no_new_privs is set (Gentoo's sandbox sets it): the front does not "
                           "execute the set-user-ID helper and asks cgnetnsd")
     if userns is not None and userns[1] != INIT_USER_NS_INO:
         return "broker", ("the process is in a user namespace, where the set-user-ID bit gains "
                           "nothing: the helper asks cgnetnsd")
+    try:
+        bounding = int(fields["CapBnd"], 16)
+    except (KeyError, ValueError):
+        bounding = None
+    if bounding is not None and not bounding & (1 << CAP_SYS_ADMIN):
+        return "broker", ("the process's capability bounding set lacks CAP_SYS_ADMIN, so the "
+                          "helper gains no privilege: it asks cgnetnsd")
+    try:
+        euid = int(fields["Uid"].split()[1])
+    except (KeyError, IndexError, ValueError):
+        euid = None
+    if euid == 0:
+        return "set-user-id", ("the process is root with CAP_SYS_ADMIN in its bounding set: "
+                               "the helper is privileged without its set-user-ID bit")
     tracer = fields.get("TracerPid", "0")
     if tracer not in ("", "0"):
         return "broker", ("the process is traced (by process %s): a set-user-ID exec under "

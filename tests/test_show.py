@@ -847,13 +847,21 @@ def test_exec_path_rule():
     """Which path cgnetns-exec takes (helper/front.c, helper/main.c), from
     /proc/PID/status and the user namespace."""
     init = (0, resolve.INIT_USER_NS_INO)
-    assert resolve.exec_path({"NoNewPrivs": "1"}, init, HELPER)[0] == "broker"
-    assert resolve.exec_path({"NoNewPrivs": "0"}, (0, 4026532000), HELPER)[0] == "broker"
-    path, why = resolve.exec_path({"NoNewPrivs": "0", "TracerPid": "77"}, init, HELPER)
+    user = {"NoNewPrivs": "0", "Uid": "1000\t1000\t1000\t1000", "CapBnd": "000001ffffffffff",
+            "TracerPid": "0"}
+    assert resolve.exec_path(user, init, HELPER)[0] == "set-user-id"
+    assert resolve.exec_path(dict(user, NoNewPrivs="1"), init, HELPER)[0] == "broker"
+    assert resolve.exec_path(user, (0, 4026532000), HELPER)[0] == "broker"
+    path, why = resolve.exec_path(dict(user, TracerPid="77"), init, HELPER)
     assert path == "broker" and "traced (by process 77)" in why
-    assert resolve.exec_path({"NoNewPrivs": "0", "TracerPid": "0"}, init, HELPER)[0] == \
-        "set-user-id"
-    path, why = resolve.exec_path({"NoNewPrivs": "0"}, init, "/nonexistent/cgnetns-helper")
+    path, why = resolve.exec_path(dict(user, CapBnd="000001ffffdfffff"), init, HELPER)
+    assert path == "broker" and "bounding set lacks CAP_SYS_ADMIN" in why
+    path, why = resolve.exec_path(user, init, "/nonexistent/cgnetns-helper")
     assert path == "broker" and "cannot be found" in why
-    path, why = resolve.exec_path({"NoNewPrivs": "0"}, init, sys.executable)
+    path, why = resolve.exec_path(user, init, sys.executable)
     assert path == "broker" and "not set-user-ID root" in why
+    # root is privileged without the bit (also when traced), not under no_new_privs
+    root = dict(user, Uid="0\t0\t0\t0")
+    assert resolve.exec_path(root, init, "/nonexistent/cgnetns-helper")[0] == "set-user-id"
+    assert resolve.exec_path(dict(root, TracerPid="1"), init, HELPER)[0] == "set-user-id"
+    assert resolve.exec_path(dict(root, NoNewPrivs="1"), init, HELPER)[0] == "broker"
