@@ -1,4 +1,4 @@
-"""Manual pages (issue 6): every command has one in doc/man/, written in
+"""Manual pages: every command has one in doc/man/, written in
 reStructuredText; they build with docutils' rst2man without a warning;
 ``make install`` (through doc/Makefile) installs them into man8; and each
 command's --help agrees with its page.
@@ -7,8 +7,9 @@ The --help test is parametrized over the commands that exist when the tests
 are collected: a Python command whose module (cgnetns.cli.*) exists, and
 cgnetns-exec when its front is installed (cgnetns.paths.FRONT) or built
 (helper/build); the set-user-ID helper it executes (cgnetns.paths.HELPER)
-answers --help as the front does, and is documented in cgnetns-exec(8) too.  A command that does not exist yet therefore has no test
-case (visible in the test ids), rather than a skipped one;
+answers --help as the front does, and is documented in cgnetns-exec(8) too.
+A command that does not exist yet therefore has no test case (visible in the
+test ids), rather than a skipped one;
 test_the_commands_that_must_exist_do fails if one of those that this tree
 already has disappears, and test_every_command_has_a_page covers all five
 pages regardless.

@@ -1,4 +1,4 @@
-"""cgnetns-show on the real kernel (issue 6): the verdict it explains is the one
+"""cgnetns-show on the real kernel: the verdict it explains is the one
 cgnetns-exec acts on, on both paths; --all lists concurrent builds; --check
 checks the helper, the front and the broker; bad input.
 

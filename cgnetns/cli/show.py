@@ -33,7 +33,7 @@ PROG = "cgnetns-show"
 WIDTH = 100
 HELPER = paths.HELPER            # set-user-ID root, static
 FRONT = paths.FRONT              # what builds call: dynamic, not set-user-ID
-# Allow-listed, these run any program with the network (THREATS.md, "the boundary").
+# Allow-listed, these run any program with the network (README.rst, "Security").
 LAUNCHERS = frozenset("""env sh bash dash zsh ksh mksh csh tcsh fish busybox toybox nice nohup
     setsid timeout xargs find sudo su doas runuser setpriv chroot nsenter unshare stdbuf
     ionice chrt taskset flock script expect make ssh""".split())
@@ -744,7 +744,8 @@ def check_python():
                   % (sys.version.split()[0], sys.executable))]
 
 
-def host_checks(*, helper=None, front=None, allow_list=resolve.ALLOW_LIST, sys_cgroup=cgroups.SYS_CGROUP,
+def host_checks(*, helper=None, front=None, allow_list=resolve.ALLOW_LIST,
+                sys_cgroup=cgroups.SYS_CGROUP,
                 run_dir=resolve.RUN_DIR, proc="/proc", broker_socket=BROKER_SOCKET,
                 systemd_rundir=cgroups.SYSTEMD_RUNDIR):
     """Every check of ``cgnetns-show --check``, as a list of :class:`Check`."""
