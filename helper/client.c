@@ -32,6 +32,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -56,6 +57,9 @@ static char *read_line(int sock)
 		ssize_t r = recv(sock, answer_buf + answer_len, sizeof answer_buf - answer_len, 0);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EAGAIN)
+			die(EXIT_REFUSE, "the broker did not answer within %d s (see its log)",
+			    2 * BROKER_HANDSHAKE_SECONDS);
 		if (r <= 0)
 			die(EXIT_REFUSE, "the broker closed the connection without an answer "
 			    "(see its log)");
@@ -118,10 +122,19 @@ static void broker_client(const char *program, char **prog_argv, char **envp)
 	int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (sock < 0)
 		return;
+	/* A deadline on every wait for the broker: connect (a full backlog),
+	 * its answers.  A stuck broker costs a build a refusal, not a hang.
+	 * Twice the broker's own deadline, which it keeps for each request. */
+	struct timeval tv = { 2 * BROKER_HANDSHAKE_SECONDS, 0 };
+	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	int r;
 	do
 		r = connect(sock, (struct sockaddr *)&sa, sizeof sa);
 	while (r < 0 && errno == EINTR);
+	if (r < 0 && (errno == EAGAIN || errno == ETIMEDOUT))
+		die(EXIT_REFUSE, "the broker at %s did not accept within %d s (see its log)",
+		    CGNETNS_BROKER_SOCKET, 2 * BROKER_HANDSHAKE_SECONDS);
 	if (r < 0) {
 		/* ENOENT, ECONNREFUSED, EACCES, ...: no broker answers. */
 		close_quietly(sock);

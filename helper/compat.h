@@ -55,6 +55,7 @@ struct cg_cap_data {
 };
 #define CG_CAP_VERSION_3 0x20080522
 #define CG_CAP_SYS_ADMIN 21
+#define CG_CAP_SYS_PTRACE 19
 
 /* seccomp user notification (linux/seccomp.h, linux/filter.h, linux/audit.h).
  * SECCOMP_ADDFD_FLAG_SEND needs Linux 5.14. */

@@ -9,12 +9,18 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "compat.h"
 #include "helper.h"
+
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
 
 #define GROUPS_MAX 65536 /* the kernel's NGROUPS_MAX */
 static gid_t caller_groups[GROUPS_MAX];
@@ -73,10 +79,10 @@ int have_privilege(uid_t euid)
 	return in_initial_userns();
 }
 
-/* The target ids are c->ruid and c->rgid (real = effective = saved).  The
- * setuid path passes the caller's own; the broker's agent passes its peer's
- * (agent.c), and sets groups_preset when it had to set the groups before
- * entering the peer's user namespace, where they are then only verified. */
+/* The target ids are c->ruid and c->rgid (real = effective = saved): the
+ * set-user-ID path passes the caller's own, the broker's supervisor the ids
+ * the kernel recorded for its peer at connect (supervise.c).  groups_preset:
+ * the groups were set already and are only verified. */
 void drop_privileges(const struct caller *c)
 {
 	/* Groups first, while setgroups() is still permitted.  They are the
@@ -117,4 +123,39 @@ void drop_privileges(const struct caller *c)
 		if (setgid(0) == 0 || setegid(0) == 0)
 			die(EXIT_REFUSE, "privilege drop failed: group root could be regained");
 	}
+}
+
+/* No capability, whoever the ids are (notify.c, the supervisor).  A root
+ * caller's supervisor keeps uid 0 but, of root's capabilities, only
+ * CAP_SYS_PTRACE: reading /proc/PID/exe of a root task needs it
+ * (commoncap's ptrace rule wants the reader's permitted set to cover the
+ * target's), and no socket right comes from it -- a raw socket or a netlink
+ * change needs CAP_NET_RAW or CAP_NET_ADMIN.  So every socket made has no
+ * more than the least privileged caller could make, whatever the caller's
+ * own bounding set was.  Then verified, as drop_privileges() verifies. */
+void drop_capabilities(void)
+{
+	struct cg_cap_data d[2];
+	uint32_t keep = 0;
+	if (geteuid() == 0) {
+		keep = 1U << CG_CAP_SYS_PTRACE;
+		/* The bounding set first (needs CAP_SETPCAP, which we still
+		 * have), so that nothing can bring a capability back; EINVAL
+		 * past the kernel's last capability. */
+		for (int cap = 0; cap < 64; cap++)
+			if (cap != CG_CAP_SYS_PTRACE && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 &&
+			    errno != EINVAL)
+				die_with_error(EXIT_REFUSE, "cannot drop capability %d", cap);
+		prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+		struct cg_cap_header h = { CG_CAP_VERSION_3, 0 };
+		memset(d, 0, sizeof d);
+		d[0].effective = d[0].permitted = keep;
+		if (syscall(SYS_capset, &h, d) < 0)
+			die_with_error(EXIT_REFUSE, "cannot clear capabilities");
+	}
+	if (capget_self(d) < 0)
+		die_with_error(EXIT_REFUSE, "capget");
+	if (d[0].effective != keep || d[0].permitted != keep || d[0].inheritable ||
+	    d[1].effective | d[1].permitted | d[1].inheritable)
+		die(EXIT_REFUSE, "privilege drop failed: capabilities left in the supervisor");
 }

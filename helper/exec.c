@@ -21,12 +21,10 @@
 #include "compat.h"
 #include "helper.h"
 
-int exec_path_fallback = 1;
-
 void exec_program(const struct program *p, char **argv, char **envp)
 {
 	syscall(SYS_execveat, p->fd, "", argv, envp, AT_EMPTY_PATH);
-	if (errno == ENOENT && exec_path_fallback) {
+	if (errno == ENOENT) {
 		execve(p->path, argv, envp);
 	}
 	int err = errno;

@@ -187,15 +187,13 @@ void caller_get(struct caller *c);
 int in_initial_userns(void);
 int have_privilege(uid_t euid);
 void drop_privileges(const struct caller *c);
+void drop_capabilities(void);
 
 /* ---- env.c ---- */
 void env_prepare(void);
 char **env_for_program(void);
 
 /* ---- exec.c ---- */
-/* 0: never run a "#!" script by its path (agent.c: the path would be
- * resolved in the peer's mount namespace, not where it was checked). */
-extern int exec_path_fallback;
 __attribute__((noreturn))
 void exec_program(const struct program *p, char **argv, char **envp);
 

@@ -136,6 +136,8 @@ void notify_enter(int pin_fd, const char *pin_id, const struct caller *c)
 	 * these (netlink and raw sockets check the opener's), never root's:
 	 * the caller could have made such a socket itself. */
 	drop_privileges(c);
+	/* ... and no capability, also for a root caller (drop.c). */
+	drop_capabilities();
 
 	/* 3. Nothing it runs gains privilege, and neither the caller nor
 	 * anyone else of its uid may ptrace this process or read its memory:

@@ -727,3 +727,37 @@ def test_socket_activation(henv, world, bsetup):
         b.close()
         if os.path.exists(bsetup.sock_activated):
             os.unlink(bsetup.sock_activated)
+
+
+def test_t22_a_root_caller_gets_no_capability_in_its_sockets(henv, world, bsetup, broker):
+    """A root caller under no_new_privs (its own bounding set reduced, so it
+    cannot make a raw socket itself): its supervisor keeps uid 0 but no
+    capability, so the minted socket has no more than the caller's."""
+    report = henv.out_path()
+    argv = ["setpriv", "--no-new-privs", "--bounding-set=-net_raw", "--inh-caps=-net_raw", "--",
+            bsetup.front, bsetup.netprobe, "report", report, "--connect=%d" % world.port, "--raw"]
+    r = world.a.run(argv, netns=world.private.path, user=None)
+    assert r.returncode == 0, r.stderr
+    got = report_of(report)
+    assert got["uid"] == 0
+    assert got["connect"] == "token:" + world.parent_token
+    assert got["raw"] == "errno:1", "the supervisor made a raw socket the caller could not"
+
+
+def test_a_stuck_broker_costs_a_refusal_not_a_hang(henv, world, bsetup, broker):
+    """The broker stops answering (SIGSTOP: connections queue in the kernel's
+    backlog, nobody accepts): the client gives up after its deadline (twice the
+    broker's) with one line and 125, and runs nothing."""
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r, got = netprobe(world, bsetup, timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert r.returncode == hs.EXIT_REFUSE, r.stderr
+    assert "did not answer within %d s" % (2 * broker_mod.HANDSHAKE_SECONDS) in \
+        hs.one_line(r.stderr)
+    assert got is None
+    assert 2 * broker_mod.HANDSHAKE_SECONDS - 1 <= took < 2 * broker_mod.HANDSHAKE_SECONDS + 10
+    assert_serves(world, bsetup)

@@ -5,6 +5,7 @@ cannot listen (another broker holds the lock, the socket cannot be bound);
 2 for a bad command line; 125 when not run as root.
 """
 
+import argparse
 import os
 import signal
 import sys
@@ -15,6 +16,16 @@ from ..build import require_root
 from . import Parser, run_main
 
 PROG = "cgnetnsd"
+
+
+def positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError("%r is not a whole number of at least 1" % text)
+    return n
 
 
 def build_parser():
@@ -30,9 +41,9 @@ def build_parser():
     p.add_argument("--helper", metavar="PATH", default=HELPER,
                    help="the set-user-ID helper whose --supervise mode serves each "
                         "connection (default: %(default)s)")
-    p.add_argument("--max-pending", type=int, default=256, metavar="N",
+    p.add_argument("--max-pending", type=positive_int, default=256, metavar="N",
                    help="requests in progress at once; more are dropped (default: %(default)s)")
-    p.add_argument("--max-pending-per-uid", type=int, default=32, metavar="N",
+    p.add_argument("--max-pending-per-uid", type=positive_int, default=32, metavar="N",
                    help="requests in progress at once from one uid (default: %(default)s)")
     p.add_argument("--peer-auth", choices=("pidfd", "peercred"), default="pidfd",
                    help="pidfd: the kernel's SO_PEERPIDFD (Linux 6.5), falling back to "
