@@ -165,7 +165,7 @@ static const char *read_request(void)
  * the approved namespace, then the caller. */
 __attribute__((noreturn))
 static void become_supervisor(const struct peer *pe, const struct verdict *v,
-			      const char *path, int proc_fd, const char *context)
+			      const char *path, int proc_fd)
 {
 	alarm(BROKER_HANDSHAKE_SECONDS); /* alarms are not inherited */
 
@@ -188,7 +188,6 @@ static void become_supervisor(const struct peer *pe, const struct verdict *v,
 		    "(SECCOMP_ADDFD_FLAG_SEND, Linux 5.14): upgrade, or use the set-user-ID path");
 	say("ok\n");
 	alarm(0);
-	log_line("cgnetnsd: %s: join %s", context, path);
 	set_reply_fd(-1, NULL);
 	close(CONN);
 	notify_serve(listener, proc_fd, &sv);
@@ -299,7 +298,10 @@ void supervise_main(int argc, char **argv)
 	if (pid == 0) {
 		close_quietly(cg_fd);
 		close_quietly(pe.pidfd);
-		become_supervisor(&pe, &v, prog.path, proc_fd, context);
+		become_supervisor(&pe, &v, prog.path, proc_fd);
 	}
+	/* Logged here, as root, by the process cgnetnsd started: the
+	 * supervisor refuses (and logs) itself if its part fails. */
+	log_line("cgnetnsd: %s: join %s (supervisor %ld)", context, prog.path, pid);
 	_exit(0);
 }

@@ -156,6 +156,7 @@ def _python_version(root):
 
 
 PROBE = "/usr/local/libexec/cgnetns-test/probe"
+NETPROBE = "/usr/local/libexec/cgnetns-test/netprobe"
 PROBE_SCRIPT = """#!/bin/sh
 # cgnetns container test probe: where did cgnetns-exec start me?
 echo "netns=$(readlink /proc/self/ns/net) uid=$(id -u) \\
@@ -230,12 +231,14 @@ class Container:
         # commands (shebang /usr/bin/python3), contrib units, tmpfiles.d
         sh(["make", "-s", "-C", REPO, "install-scripts", "install-contrib",
             "DESTDIR=" + dest, "PYEXE=/usr/bin/python3", "PREFIX=/usr/local"])
-        # the static helper, setuid root
+        # the front (dynamic) and the static helper, setuid root
         sh(["make", "-s", "-C", os.path.join(REPO, "helper"), "install-helper",
             "DESTDIR=" + dest, "PREFIX=/usr/local"])
-        helper = os.path.join(dest, "usr/local/bin/cgnetns-exec")
+        helper = os.path.join(dest, "usr/local/lib/cgnetns/cgnetns-helper")
         if not os.stat(helper).st_mode & 0o4000:
             raise ContainerError("%s is not setuid" % helper)
+        if not os.path.exists(os.path.join(dest, "usr/local/bin/cgnetns-exec")):
+            raise ContainerError("the front cgnetns-exec was not installed")
         # the probe, and an allow list naming it
         probe = dest + PROBE
         os.makedirs(os.path.dirname(probe), 0o755)
@@ -244,9 +247,14 @@ class Container:
         with open(probe, "w") as f:
             f.write(PROBE_SCRIPT)
         os.chmod(probe, 0o755)
+        # a compiled probe too: on the broker path only allow-listed
+        # *executables* get sockets in the approved namespace, and a "#!"
+        # script's executable is its interpreter
+        sh(["gcc", "-O1", "-o", dest + NETPROBE,
+            os.path.join(REPO, "helper", "testsupport", "netprobe.c")])
         os.makedirs(os.path.join(dest, "etc/cgnetns"), 0o755)
         with open(os.path.join(dest, "etc/cgnetns/allow"), "w") as f:
-            f.write("# cgnetns container test\n%s\n" % PROBE)
+            f.write("# cgnetns container test\n%s\n%s\n" % (PROBE, NETPROBE))
         os.chmod(os.path.join(dest, "etc/cgnetns/allow"), 0o644)
 
     def _make_cgroups(self):

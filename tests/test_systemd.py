@@ -159,28 +159,51 @@ def test_cgnetns_run_refuses_outside_a_delegated_cgroup(container):
 
 def test_build_probe_resolves_through_helper_and_broker(container):
     """--unshare-net, as nobody: the probe reaches the approved namespace (the
-    one cgnetns-run ran in) through the setuid helper, and under no_new_privs
-    through the socket-activated cgnetnsd."""
+    one cgnetns-run ran in) through the setuid helper (it runs there), and
+    under no_new_privs through the socket-activated cgnetnsd (it stays in the
+    build's namespace; its socket, made by the broker's supervisor, reaches a
+    server in the approved one)."""
+    import json
+    import helper_support as hs
     c = container
     ok(c.enter(["systemctl", "start", "cgnetnsd.socket"]))
     approved = ok(c.run(["readlink", "/proc/self/ns/net"])).strip()
-    out = ok(c.run(["cgnetns-run", "--unshare-net", "--user", "nobody", "--no-broker", "--",
-                    "sh", "-c",
-                    "echo own=$(readlink /proc/self/ns/net) cg=$(sed -n 's/^0:://p' "
-                    "/proc/self/cgroup) links=$(ip -o link | cut -d: -f2 | tr -d ' ' | "
-                    "paste -sd,); "
-                    "cgnetns-exec probe; "
-                    "setpriv --no-new-privs cgnetns-exec probe"]))
+    token = "APPROVED-" + os.urandom(4).hex()
+    server = hs.TokenServer(token, "/proc/%d/ns/net" % c.leader)
+    try:
+        out = ok(c.run(["cgnetns-run", "--unshare-net", "--user", "nobody", "--no-broker",
+                        "--", "sh", "-c",
+                        "echo own=$(readlink /proc/self/ns/net) cg=$(sed -n 's/^0:://p' "
+                        "/proc/self/cgroup) links=$(ip -o link | cut -d: -f2 | tr -d ' ' | "
+                        "paste -sd,); "
+                        "cgnetns-exec probe; "
+                        "setpriv --no-new-privs cgnetns-exec probe; "
+                        "setpriv --no-new-privs cgnetns-exec netprobe report - "
+                        "--connect=%d" % server.port]))
+    finally:
+        server.close()
     lines = out.strip().splitlines()
-    assert len(lines) == 3, out
-    build, via_helper, via_broker = (fields(l) for l in lines)
+    assert len(lines) == 4, out
+    build, via_helper, via_broker = (fields(l) for l in lines[:3])
+    minted = json.loads(lines[3])
     assert build["own"] != approved and build["links"] == "lo", build
     assert re.fullmatch(r"/system\.slice/run-[^/]+\.scope/[^/]+", build["cg"]), build
     assert via_helper == {"netns": approved, "uid": NOBODY_UID, "nnp": "0",
                           "cgroup": build["cg"]}, out
-    assert via_broker == {"netns": approved, "uid": NOBODY_UID, "nnp": "1",
+    # a "#!" script through the broker: its own namespace, no socket minted
+    assert via_broker == {"netns": build["own"], "uid": NOBODY_UID, "nnp": "1",
                           "cgroup": build["cg"]}, out
+    assert minted["connect"] == "token:" + token, minted
+    assert minted["uid"] == int(NOBODY_UID)
+    assert "0::" + build["cg"] in minted["cgroup"]
     assert c.enter(["systemctl", "is-active", "cgnetnsd.service"]).stdout.strip() == "active"
-    journal = ok(c.enter(["journalctl", "-b", "-u", "cgnetnsd.service", "-o", "cat",
-                          "--no-pager"]))
-    assert re.search(r"program=\S*probe: join", journal), journal
+    # journald takes the line in its own time: poll
+    import time
+    deadline = time.monotonic() + 10
+    while True:
+        journal = ok(c.enter(["journalctl", "-b", "-u", "cgnetnsd.service", "-o", "cat",
+                              "--no-pager"]))
+        if re.search(r"program=\S*netprobe: join", journal) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert re.search(r"program=\S*netprobe: join", journal), journal

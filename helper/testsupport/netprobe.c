@@ -4,7 +4,7 @@
  *   netprobe report OUT [--connect=PORT] [--raw] [--netlink] [--write=PATH]
  *                       [--hold=MS] [--exec=PATH ARG...]
  *       Try each network thing asked for, then write a JSON report of this
- *       process to OUT: ids, nice, oom_score_adj, /proc/self/status fields,
+ *       process to OUT ("-": standard output): ids, nice, oom_score_adj, /proc/self/status fields,
  *       every line of /proc/self/cgroup, its network namespace, and the
  *       outcome of each try.  --connect: the line a TCP server on
  *       127.0.0.1:PORT sends (or the errno); --raw: socket(AF_INET,
@@ -175,7 +175,7 @@ static void report(const char *path)
 {
 	struct stat st;
 	if (!out)
-		out = fopen(path, "w");
+		out = strcmp(path, "-") == 0 ? fdopen(dup(1), "w") : fopen(path, "w");
 	if (!out) {
 		perror(path);
 		exit(3);
