@@ -44,6 +44,7 @@ What this machine cannot do, and what the tests do instead:
 """
 
 import json
+import shlex
 import os
 import pwd
 import re
@@ -73,17 +74,40 @@ TIMEOUT = 240
 
 @pytest.fixture(scope="module")
 def helper():
+    """The front builds call (cgnetns-exec on PATH); the set-user-ID helper it
+    execs must be installed too."""
+    from cgnetns import paths
     path = shutil.which("cgnetns-exec", path=BUILD_PATH)
-    if not path or not os.stat(path).st_mode & 0o4000:
-        pytest.fail("cgnetns-exec is not installed setuid root on PATH: run 'make install' first")
+    if not path or not os.path.exists(paths.HELPER) or not os.stat(paths.HELPER).st_mode & 0o4000:
+        pytest.fail("cgnetns-exec and its set-user-ID helper %s are not installed: "
+                    "run 'make install' first" % paths.HELPER)
     return path
+
+
+PATHS = ["setuid", "broker"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    """Each client test runs through both paths: the set-user-ID one, and the
+    broker's (under no_new_privs, as in Gentoo's sandbox), with a cgnetnsd of
+    its own.  Yields (name, wrap) where wrap(script) is the script as that
+    path runs it."""
+    if request.param == "setuid":
+        yield "setuid", lambda script: script
+        return
+    request.getfixturevalue("system_broker")
+    yield "broker", lambda script: "setpriv --no-new-privs /bin/sh -c " + shlex.quote(script)
 
 
 @pytest.fixture(scope="module")
 def allowed():
     """distcc and icecc in the allow list; only the lines added here go again."""
+    # ssh: distcc's ssh mode through the broker path, where only allow-listed
+    # executables get network -- listing it gives any ssh the build runs the
+    # network (README, security)
     wanted = [os.path.realpath(shutil.which(p, path=SYSTEM_PATH) or "/usr/bin/" + p)
-              for p in ("distcc", "icecc")]
+              for p in ("distcc", "icecc", "ssh")]
     with open(ALLOW) as f:
         present = {l.split("#", 1)[0].strip() for l in f}
     added = [w for w in wanted if w not in present]
@@ -180,11 +204,11 @@ def assert_no_network(work, addr):
 
 # -- distcc over TCP --------------------------------------------------------------
 
-def test_distcc_tcp_setuid_every_object_remote_and_no_direct_connect(helper, allowed, work):
+def test_distcc_tcp_every_object_remote_and_no_direct_connect(helper, allowed, work, path):
     objs = project(work)
     with Topology() as topo:
         env = build_env(topo, work)
-        r = sandboxed(f"make -j4 CC='{helper} distcc gcc' && ./prog > run.txt && "
+        r = sandboxed(path[1](f"make -j4 CC='{helper} distcc gcc'") + " && ./prog > run.txt && "
                       + probes(topo.remote_addr, DISTCC_PORT), work, env)
         assert r.returncode == 0, r.stdout
         assert_all_remote(topo, work, objs, r.stdout)
@@ -195,13 +219,14 @@ def test_distcc_tcp_setuid_every_object_remote_and_no_direct_connect(helper, all
     assert "/cgnetns/t5-" in read(work, "cgroup.txt")
 
 
-def test_distcc_tcp_through_masquerade_dir_with_cc_gcc(helper, allowed, work):
+def test_distcc_tcp_through_masquerade_dir_with_cc_gcc(helper, allowed, work, path):
     assert os.path.isfile(os.path.join(MASQ, "gcc")), "masquerade directory not installed"
     objs = project(work)
     with Topology() as topo:
         env = build_env(topo, work)
         env["PATH"] = MASQ + ":" + env["PATH"]
-        r = sandboxed("make -j4 CC=gcc && " + probes(topo.remote_addr, DISTCC_PORT), work, env)
+        r = sandboxed(path[1]("make -j4 CC=gcc") + " && " + probes(topo.remote_addr, DISTCC_PORT),
+                      work, env)
         assert r.returncode == 0, r.stdout
         assert_all_remote(topo, work, objs, r.stdout)
     assert_no_network(work, topo.remote_addr)
@@ -277,6 +302,32 @@ def test_distcc_tcp_no_new_privs_through_broker_every_object_remote(helper, allo
         assert "refuse" not in text, text[-3000:]
 
 
+def test_distcc_runs_a_non_compile_command_without_network_on_the_broker_path(
+        helper, allowed, work, path):
+    """distcc runs a command that is not a compile locally (`distcc python3 -c
+    ...`).  On the broker path only allow-listed executables get sockets in
+    the approved namespace, so python3 has none: it cannot reach the distcc
+    server.  On the set-user-ID path everything distcc starts runs in the
+    approved namespace (README, security): it can."""
+    project(work, 1)
+    code = ("import socket\n"
+            "try:\n"
+            "    socket.create_connection((%r, %d), 5).close(); print('CONNECTED')\n"
+            "except OSError as e:\n"
+            "    print('FAILED', e.errno)\n")
+    with Topology() as topo:
+        env = build_env(topo, work)
+        script = path[1]("%s distcc /usr/bin/python3 -c %s > py.txt"
+                         % (helper, shlex.quote(code % (topo.remote_addr, DISTCC_PORT))))
+        r = sandboxed(script, work, env)
+        assert r.returncode == 0, r.stdout
+    out = read(work, "py.txt").split()
+    if path[0] == "broker":
+        assert out[0] == "FAILED", out
+    else:
+        assert out == ["CONNECTED"], out
+
+
 def test_distcc_without_cgnetns_exec_fails_in_the_sandbox(helper, allowed, work):
     """Control: plain distcc in the same sandbox cannot reach the server, and
     with the tests' settings that is a failure, not a silent local compile."""
@@ -289,12 +340,12 @@ def test_distcc_without_cgnetns_exec_fails_in_the_sandbox(helper, allowed, work)
 
 # -- distcc over ssh, and pump mode ---------------------------------------------------
 
-def test_distcc_ssh_mode_every_object_remote(helper, allowed, work):
+def test_distcc_ssh_mode_every_object_remote(helper, allowed, work, path):
     objs = project(work)
     with Topology(ssh=True) as topo:
         env = build_env(topo, work, "ssh")
         assert env["DISTCC_HOSTS"].startswith("@remote")
-        r = sandboxed(f"make -j4 CC='{helper} distcc gcc' && "
+        r = sandboxed(path[1](f"make -j4 CC='{helper} distcc gcc'") + " && "
                       + probes(topo.remote_addr, 2222), work, env)
         assert r.returncode == 0, r.stdout
         assert_all_remote(topo, work, objs, r.stdout)
@@ -345,7 +396,7 @@ PUMP_FIX = textwrap.dedent('''\
     ''')
 
 
-def test_distcc_pump_mode_every_object_remote(helper, allowed, work):
+def test_distcc_pump_mode_every_object_remote(helper, allowed, work, path):
     objs = project(work)
     fix = os.path.join(work["top"], "pumpfix")
     os.mkdir(fix, 0o755)
@@ -356,7 +407,7 @@ def test_distcc_pump_mode_every_object_remote(helper, allowed, work):
     with Topology() as topo:
         env = build_env(topo, work, "pump")
         env["PYTHONPATH"] = fix + os.pathsep + env["PYTHONPATH"]
-        r = sandboxed(f"{pump} make -j4 CC='{helper} distcc gcc' && "
+        r = sandboxed(path[1](f"{pump} make -j4 CC='{helper} distcc gcc'") + " && "
                       + probes(topo.remote_addr, DISTCC_PORT), work, env)
         assert r.returncode == 0, r.stdout
         assert "pump mode" in r.stdout, r.stdout
@@ -370,11 +421,11 @@ def test_distcc_pump_mode_every_object_remote(helper, allowed, work):
 
 # -- icecream ---------------------------------------------------------------------
 
-def test_icecc_compiles_on_the_remote_iceccd(helper, allowed, work):
+def test_icecc_compiles_on_the_remote_iceccd(helper, allowed, work, path):
     objs = project(work, 6)
     with Topology(icecc=True) as topo:
         env = build_env(topo, work, **topo.icecc_env())
-        r = sandboxed(f"make -j2 CC='{helper} icecc gcc' && "
+        r = sandboxed(path[1](f"make -j2 CC='{helper} icecc gcc'") + " && "
                       + probes(topo.remote_addr, 10245), work, env)
         assert r.returncode == 0, r.stdout
         assert_all_remote(topo, work, objs, r.stdout, topo.count_icecc_remote_jobs)
