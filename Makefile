@@ -99,3 +99,9 @@ fuzz:
 clean:
 	-$(MAKE) -C helper clean
 	rm -rf build *.egg-info .pytest_cache
+
+# Single-point bugs (tools/mutants_table.py) in a copy of the checkout; each
+# must be killed by its tests (tools/mutants.py; root; not part of check).
+.PHONY: mutants
+mutants:
+	$(PYEXE) tools/mutants.py $(MUTANTS_ARGS)

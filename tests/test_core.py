@@ -1,9 +1,11 @@
 """The root side on the real kernel: tags, pins, cgroups, cgnetns-run (issue 2)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -171,22 +173,51 @@ def test_cgnetns_run_refuses_non_root(clean_host):
     assert b"must run as root" in p.stderr and p.stderr.count(b"\n") == 1
 
 
-def test_no_cgroup2_is_refused_with_a_hint(clean_host, cg2root):
+@pytest.fixture
+def marker_dir():
+    """A directory for a marker the command would write if it ran (outside
+    /run and /sys, which the tests below hide); removed afterwards."""
+    d = tempfile.mkdtemp(prefix="cgnetns-core-marker-", dir="/var/tmp")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def _run_in_mount_namespace(setup, marker_dir, name):
+    """Run cgnetns-run in a private mount namespace made by `setup` (shell,
+    may be empty), with a command that writes a marker.  (result, marker)."""
+    marker = os.path.join(marker_dir, name)
+    script = ("mount --make-rprivate / && %s"
+              "exec %s -m cgnetns.cli.run --name core-x -- sh -c 'echo ran > \"$0\"' %s"
+              % (setup + " && " if setup else "", PY, marker))
+    return run(["unshare", "-m", "sh", "-c", script], env=repo_env()), marker
+
+
+def test_no_cgroup2_is_refused_with_a_hint(clean_host, cg2root, marker_dir):
+    # Control: the same command line, cgroup2 in place, runs the command.
+    r, marker = _run_in_mount_namespace("", marker_dir, "control")
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(marker)
     # Hide cgroup2 in a private mount namespace.
-    script = ("mount --make-rprivate / && umount -l %s && "
-              "exec %s -m cgnetns.cli.run --name core-x true" % (cg2root, PY))
-    r = run(["unshare", "-m", "sh", "-c", script], env=repo_env())
+    r, marker = _run_in_mount_namespace("umount -l %s" % cg2root, marker_dir, "ran")
     assert r.returncode == 125
     err = r.stderr.decode()
-    assert "no cgroup2" in err and "mount -t cgroup2" in err and err.count("\n") == 1
+    assert err.startswith("cgnetns-run: ") and err.count("\n") == 1
+    assert "no cgroup2" in err and "mount -t cgroup2" in err
+    assert not os.path.exists(marker), "the command ran"
 
 
-def test_unwritable_run_is_refused(clean_host):
-    script = ("mount --make-rprivate / && mount -t tmpfs -o ro,mode=755 none /run && "
-              "exec %s -m cgnetns.cli.run --name core-x true" % PY)
-    r = run(["unshare", "-m", "sh", "-c", script], env=repo_env())
+def test_unwritable_run_is_refused(clean_host, marker_dir):
+    r, marker = _run_in_mount_namespace("", marker_dir, "control")
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(marker)
+    r, marker = _run_in_mount_namespace("mount -t tmpfs -o ro,mode=755 none /run",
+                                            marker_dir, "ran")
     assert r.returncode == 125
-    assert b"/run" in r.stderr and r.stderr.count(b"\n") == 1
+    assert r.stderr.startswith(b"cgnetns-run: ") and r.stderr.count(b"\n") == 1
+    assert b"/run" in r.stderr
+    assert not os.path.exists(marker), "the command ran"
 
 
 def test_unified_layout_in_a_private_mount_namespace(cg2root):

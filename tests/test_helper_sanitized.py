@@ -10,6 +10,7 @@ built the same way, and each libFuzzer harness runs briefly over its seeds
 """
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -68,12 +69,32 @@ def test_asan_pass_through_untagged_and_already_there(henv, world, asan_build):
                                   "bad-tag", "v2-tag", "pin-gone", "nsid", "empty-argv0",
                                   "cgroup-namespace"])
 def test_asan_refusals(henv, world, asan_build, case):
+    """Each refusal with its status and exactly its message; nothing ran."""
     helper = henv.variants["asan"]
     report = henv.out_path()
     argv = world.probe_argv(report, helper)
     kw = {"netns": world.private.path}
     status = hs.EXIT_REFUSE
-    dev, ino, nsid = asan_build.identity
+    b = asan_build
+    dev, ino, nsid = b.identity
+    cg = "/cgnetns/" + b.id
+    want = {
+        "unlisted": "%s: not in the allow list; root may add its canonical path to %s"
+                    % (henv.unlisted_probe, henv.private_allow),
+        "relative": "bin/probe: name a program by absolute path or bare name",
+        "unsafe-allow": "unsafe allow list %s: %s is writable by group or others"
+                        % (henv.private_allow, henv.private_allow),
+        "missing": "%s: not found" % os.path.join(henv.bin, "missing"),
+        "bad-tag": "malformed tag on cgroup %s" % cg,
+        "v2-tag": "tag of cgroup %s has an unsupported format version (this helper reads v1)"
+                  % cg,
+        "pin-gone": "pin %s is gone (its build has ended?)" % b.id,
+        "nsid": "pin %s: namespace id differs from its tag (namespace replaced)" % b.id,
+        "empty-argv0": "refusing to run with an empty argv[0]",
+        # a cgroup namespace rooted at the build: its path reads "/"
+        "cgroup-namespace": re.compile(r"process \d+ is not in cgroup / of the cgroup2 mount "
+                                       r"\(cgroup namespace or mount mismatch\)"),
+    }[case]
     try:
         if case == "unlisted":
             argv = [helper, henv.unlisted_probe, "report", report]
@@ -82,27 +103,31 @@ def test_asan_refusals(henv, world, asan_build, case):
             argv = [helper, "bin/probe", "report", report]
             status = hs.EXIT_NOT_USABLE
         elif case == "missing":
-            argv = [helper, "missing"]
+            argv = [helper, "missing", "report", report]
             status = hs.EXIT_NOT_FOUND
         elif case == "unsafe-allow":
             os.chmod(henv.private_allow, 0o666)
         elif case == "bad-tag":
-            asan_build.set_tag("v1 pin=%s dev=%d ino=%d nsid=%d " % (asan_build.id, dev, ino, nsid))
+            b.set_tag("v1 pin=%s dev=%d ino=%d nsid=%d " % (b.id, dev, ino, nsid))
         elif case == "v2-tag":
-            asan_build.set_tag("v2 whatever")
+            b.set_tag("v2 whatever")
         elif case == "pin-gone":
-            asan_build.unpin()
+            b.unpin()
         elif case == "nsid":
-            asan_build.set_tag(hs.tag_value(asan_build.id, dev, ino, nsid + 7))
+            b.set_tag(hs.tag_value(b.id, dev, ino, nsid + 7))
         elif case == "empty-argv0":
             argv = [henv.probe, "launch", henv.out_path("l"), "--argv0=", "--"] + argv
         elif case == "cgroup-namespace":
             kw["unshare"] = ["-C"]
-        r = run_asan(henv, asan_build, argv, **kw)
+        r = run_asan(henv, b, argv, **kw)
     finally:
         os.chmod(henv.private_allow, 0o644)
     assert r.returncode == status, (r.returncode, r.stderr)
-    hs.one_line(r.stderr)
+    line = hs.one_line(r.stderr)[len("cgnetns-exec: "):]
+    if isinstance(want, str):
+        assert line == want
+    else:
+        assert want.fullmatch(line), line
     hs.assert_not_run(report)
 
 
