@@ -19,7 +19,7 @@ PYEXE   := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.exec
 COMMANDS = cgnetns-run:run cgnetns-show:show cgnetns-gc:gc cgnetnsd:broker
 PYTEST_ARGS ?=
 
-.PHONY: all install install-deps install-python install-scripts install-helper \
+.PHONY: check-unit lint all install install-deps install-python install-scripts install-helper \
         install-config install-contrib install-man demo stress fuzz check check-deps check-python bench clean
 
 all:
@@ -78,11 +78,26 @@ demo:
 
 check-deps:
 	@tools/ensure-deps test
-	@$(PYEXE) -c 'import pytest, hypothesis, portage' 2>/dev/null || \
+	@$(PYEXE) -c 'import pytest, hypothesis, portage, flake8' 2>/dev/null || \
 	    $(PYEXE) -m pip install --quiet --root-user-action=ignore --disable-pip-version-check '.[test]'
 
 check-python: check-deps
 	$(PYEXE) -m pytest -q $(PYTEST_ARGS) tests
+
+# No root, no kernel state, seconds: parsers, the protocol, docs.
+check-unit:
+	$(PYEXE) -m pytest -q -m unit $(PYTEST_ARGS) tests
+
+# What is a bug or a trap: pyflakes (setup.cfg [flake8]), shellcheck on the
+# shell files, and the helper built with -Wall -Wextra -Werror (its Makefile).
+SHELL_FILES = tools/ensure-deps helper/masq.sh.in helper/testsupport/probe.sh \
+              contrib/portage/bashrc .ci/run
+lint:
+	$(PYEXE) -m flake8 cgnetns tests bench stress tools
+	shellcheck -S warning $(SHELL_FILES)
+	@# openrc-run reads the variables the script sets (SC2034)
+	shellcheck -S warning -s sh -e SC2034 contrib/openrc/cgnetnsd
+	$(MAKE) -s -C helper B=$(CURDIR)/build/lint all
 
 check: check-python
 	@if grep -q '^check-fuzz:' helper/Makefile 2>/dev/null; then $(MAKE) -C helper check-fuzz; fi

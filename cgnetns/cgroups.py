@@ -40,15 +40,44 @@ def find_cgroup2(sys_cgroup=SYS_CGROUP):
                          NO_CGROUP2_HINT)
 
 
-def parse_proc_cgroup(text):
-    """The cgroup2 path from the text of /proc/PID/cgroup, or None (v1 only)."""
-    for line in text.splitlines():
-        if line.startswith("0::"):
+def _component_ok(c):
+    return 0 < len(c) <= 255 and c not in (b".", b"..")
+
+
+def parse_cgroup_file(data):
+    """The helper's rule (helper/parse.c, parse_cgroup_file) for the bytes of
+    /proc/PID/cgroup: ``("OK", path)`` with the 0:: path (bytes, with its
+    leading '/'), ``("NONE", None)`` without a 0:: line (a v1-only host), or
+    ``("BAD", None)``: a line without its newline, a NUL, two 0:: lines, or a
+    0:: path that is not "/" or canonical (no empty, "." or ".." component,
+    none longer than 255 bytes).  tests/parser_cases.py holds the cases both
+    implementations pass."""
+    found = None
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return "BAD", None
+        line = data[pos:nl]
+        if b"\0" in line:
+            return "BAD", None
+        if line.startswith(b"0::"):
             path = line[3:]
-            if not path.startswith("/"):
-                return None
-            return path
-    return None
+            if found is not None or not path.startswith(b"/") or len(path) >= 4096:
+                return "BAD", None
+            if path != b"/" and not all(_component_ok(c) for c in path[1:].split(b"/")):
+                return "BAD", None
+            found = path
+        pos = nl + 1
+    return ("OK", found) if found is not None else ("NONE", None)
+
+
+def parse_proc_cgroup(text):
+    """The cgroup2 path from the text of /proc/PID/cgroup, or None (v1 only,
+    or a file the helper would refuse)."""
+    state, path = parse_cgroup_file(text.encode(errors="surrogateescape")
+                                    if isinstance(text, str) else text)
+    return path.decode(errors="surrogateescape") if state == "OK" else None
 
 
 def cgroup_of(pid="self", proc="/proc"):

@@ -6,6 +6,8 @@ import docutils.core
 import docutils.utils
 import pytest
 
+pytestmark = pytest.mark.unit
+
 from conftest import REPO
 
 

@@ -5,7 +5,11 @@ the C client sends (no root needed)."""
 import os
 import re
 
+import pytest
+
 from cgnetns import broker
+
+pytestmark = pytest.mark.unit
 
 HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "helper", "protocol.h")
