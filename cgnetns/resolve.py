@@ -42,7 +42,7 @@ import select
 import stat
 import time
 
-from . import _sys, cgroups, namespaces, paths, tags
+from . import allowlist, _sys, cgroups, namespaces, paths, tags
 from .errors import CgnetnsError, NoCgroup2Error, TagFormatError
 
 ALLOW_LIST = paths.ALLOW_PATH
@@ -218,20 +218,6 @@ def trusted_path_problem(path, want_dir=False):
     return None
 
 
-def canonical_path(p):
-    """An allow-list entry as cgnetns-exec accepts it (helper/parse.c,
-    path_is_canonical): absolute, no empty, ``.`` or ``..`` component, no
-    trailing ``/``, not ``/`` itself, no blank or control character,
-    components of at most 255 bytes."""
-    if isinstance(p, str):
-        p = os.fsencode(p)
-    if len(p) < 2 or len(p) >= 4096 or not p.startswith(b"/"):
-        return False
-    if any(c <= 0x20 or c == 0x7F for c in p):
-        return False
-    return all(0 < len(c) <= 255 and c not in (b".", b"..") for c in p[1:].split(b"/"))
-
-
 def check_allow_list(path=ALLOW_LIST):
     """The allow list as cgnetns-exec sees it.
 
@@ -262,24 +248,17 @@ def check_allow_list(path=ALLOW_LIST):
         out.update(state="unreadable",
                    problem="%s is readable only by root (cgnetns-exec reads it as root)" % path)
         return out
-    if len(data) > 64 * 1024:
+    if len(data) > allowlist.ALLOW_MAX:
         out.update(state="unsafe", problem="%s is larger than 64 KiB" % path)
         return out
-    if b"\0" in data:
-        out.update(state="unsafe", problem="%s line %d contains a NUL byte"
-                   % (path, data[:data.index(b"\0")].count(b"\n") + 1))
+    found, bad = allowlist.entries(data)
+    if found is None:
+        line = data.split(b"\n")[bad - 1] if bad <= data.count(b"\n") + 1 else b""
+        out.update(state="unsafe",
+                   problem="%s line %d: %r is not a canonical absolute path"
+                   % (path, bad, line.strip(b" \t").decode(errors="replace")))
         return out
-    programs = []
-    for n, raw in enumerate(data.split(b"\n"), 1):
-        line = raw.strip(b" \t")
-        if not line or line.startswith(b"#"):
-            continue
-        if not canonical_path(line):
-            out.update(state="unsafe",
-                       problem="%s line %d: %r is not a canonical absolute path"
-                       % (path, n, line.decode(errors="replace")))
-            return out
-        programs.append(line.decode(errors="surrogateescape"))
+    programs = [e.decode(errors="surrogateescape") for e in found]
     out["programs"] = programs
     for prog in programs:
         p = trusted_path_problem(prog)
