@@ -288,7 +288,13 @@ void notify_serve(int listener, int proc_fd, const struct supervision *sv)
 		memset(&resp, 0, sizeof resp);
 		resp.id = req.id;
 
+		/* The listener is the caller's: a filter the caller wrote may send
+		 * any call here.  Only the native socket() of AF_INET or AF_INET6
+		 * is ever made in the approved namespace -- never an AF_UNIX socket
+		 * (abstract names are per network namespace), netlink or packet. */
+		int domain = (int)(uint32_t)req.data.args[0];
 		int granted = req.data.nr == SYS_socket && req.data.arch == CG_AUDIT_ARCH &&
+			      (domain == AF_INET || domain == AF_INET6) &&
 			      task_runs_allowed(proc_fd, req.pid, sv) &&
 			      task_in_build(proc_fd, req.pid, sv);
 		/* The checks read /proc/<pid>: still the same task, blocked in
@@ -301,7 +307,7 @@ void notify_serve(int listener, int proc_fd, const struct supervision *sv)
 			continue;
 		}
 		int type = (int)req.data.args[1];
-		int fd = socket((int)req.data.args[0], type | SOCK_CLOEXEC, (int)req.data.args[2]);
+		int fd = socket(domain, type | SOCK_CLOEXEC, (int)req.data.args[2]);
 		if (fd < 0) {
 			resp.error = -errno;
 			answer(listener, &resp);

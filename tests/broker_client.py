@@ -65,13 +65,14 @@ def read_all(s):
     return data
 
 
-def install_listener():
+def install_listener(domains=(2, 10)):
     """seccomp filter: socket(AF_INET|AF_INET6) -> user notification; returns
-    the listener (as helper/notify.c does; x86_64 and aarch64)."""
+    the listener (as helper/notify.c does; x86_64 and aarch64).  DOMAINS: the
+    two families sent (an attacker's filter may send others)."""
     arch = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[os.uname().machine]
     nr_socket = {"x86_64": 41, "aarch64": 198}[os.uname().machine]
     ins = [(0x20, 0, 0, 4), (0x15, 0, 5, arch), (0x20, 0, 0, 0), (0x15, 0, 3, nr_socket),
-           (0x20, 0, 0, 16), (0x15, 2, 0, 2), (0x15, 1, 0, 10),
+           (0x20, 0, 0, 16), (0x15, 2, 0, domains[0]), (0x15, 1, 0, domains[1]),
            (0x06, 0, 0, 0x7fff0000), (0x06, 0, 0, 0x7fc00000)]
     buf = b"".join(struct.pack("=HBBI", *i) for i in ins)
     filt = ctypes.create_string_buffer(buf)
@@ -113,13 +114,14 @@ def main(argv):
         s = connect(path)
         s.sendall(request(argv[4]))
         answers = read_line(s)
-    elif mode == "join":
+    elif mode in ("join", "join-unix"):
+        # join-unix: the attacker's own filter sends socket(AF_UNIX) too
         cmd = argv[argv.index("--") + 1:]
         s = connect(path)
         s.sendall(request(argv[4]))
         answers = read_line(s)
         if answers.startswith(b"join "):
-            fd = install_listener()
+            fd = install_listener((1, 2) if mode == "join-unix" else (2, 10))
             send_fd(s, fd)
             os.close(fd)
             answers += read_line(s)

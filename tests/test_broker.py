@@ -761,3 +761,41 @@ def test_a_stuck_broker_costs_a_refusal_not_a_hang(henv, world, bsetup, broker):
     assert got is None
     assert 2 * broker_mod.HANDSHAKE_SECONDS - 1 <= took < 2 * broker_mod.HANDSHAKE_SECONDS + 10
     assert_serves(world, bsetup)
+
+
+def test_t22_only_inet_sockets_are_ever_minted(henv, world, bsetup, broker):
+    """The listener is the caller's: an attacker's own filter also sends
+    socket(AF_UNIX) to the supervisor.  It is never made in the approved
+    namespace (abstract unix names are per network namespace): the abstract
+    socket listening there stays out of reach, while AF_INET is minted."""
+    name = "cgnetns-test-" + os.urandom(4).hex()
+    token = "UNIX-" + os.urandom(4).hex()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind("\0" + name)
+    srv.listen(4)
+    srv.settimeout(0.2)
+    stop = []
+
+    def serve():
+        while not stop:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            with c:
+                c.sendall(token.encode() + b"\n")
+    import threading
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        report = henv.out_path()
+        r, answer = client(world, bsetup, "join-unix", bsetup.netprobe, "--", bsetup.netprobe,
+                           "report", report, "--connect=%d" % world.port, "--unix=" + name)
+        assert answer.startswith(b"join ") and answer.endswith(b"ok\n"), (answer, r.stderr)
+        got = report_of(report)
+        assert got["connect"] == "token:" + world.parent_token
+        assert got["unix"] == "connect:111", got["unix"]   # ECONNREFUSED: its own netns
+    finally:
+        stop.append(1)
+        t.join(5)
+        srv.close()

@@ -10,7 +10,8 @@
  *       127.0.0.1:PORT sends (or the errno); --raw: socket(AF_INET,
  *       SOCK_RAW) (an unprivileged caller gets EPERM); --netlink: the link
  *       names a NETLINK_ROUTE dump shows; --write: whether PATH could be
- *       created (Landlock); --hold: keep the connected socket open MS
+ *       created (Landlock); --unix=NAME: the line an abstract unix socket
+ *       NAME sends (or the errno); --hold: keep the connected socket open MS
  *       milliseconds after writing the report (for /proc/net/tcp); --exec:
  *       after the report, exec PATH with the remaining arguments.
  *
@@ -40,6 +41,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -76,6 +78,38 @@ static int held_fd = -1;
 static char raw_result[64] = "";
 static char netlink_result[4096] = "";
 static char write_result[64] = "";
+static char unix_result[256] = "";
+
+/* --unix=NAME: connect to the abstract unix socket NAME (abstract names are
+ * per network namespace) and read its line. */
+static void try_unix(const char *name)
+{
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0) {
+		snprintf(unix_result, sizeof unix_result, "socket:%d", errno);
+		return;
+	}
+	struct sockaddr_un a;
+	memset(&a, 0, sizeof a);
+	a.sun_family = AF_UNIX;
+	size_t n = strlen(name);
+	if (n > sizeof a.sun_path - 2)
+		n = sizeof a.sun_path - 2;
+	memcpy(a.sun_path + 1, name, n);
+	if (connect(s, (struct sockaddr *)&a, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n)) < 0) {
+		snprintf(unix_result, sizeof unix_result, "connect:%d", errno);
+		close(s);
+		return;
+	}
+	char line[200];
+	ssize_t r = recv(s, line, sizeof line - 1, 0);
+	line[r < 0 ? 0 : r] = '\0';
+	char *nl = strchr(line, '\n');
+	if (nl)
+		*nl = '\0';
+	snprintf(unix_result, sizeof unix_result, "token:%s", line);
+	close(s);
+}
 
 static void try_connect(int port)
 {
@@ -202,6 +236,8 @@ static void report(const char *path)
 	jstr(netlink_result);
 	fprintf(out, ",\"write\":");
 	jstr(write_result);
+	fprintf(out, ",\"unix\":");
+	jstr(unix_result);
 	fprintf(out, "}\n");
 	fclose(out);
 	out = NULL;
@@ -285,6 +321,8 @@ int main(int argc, char **argv)
 			try_netlink();
 		else if (strncmp(argv[i], "--write=", 8) == 0)
 			try_write(argv[i] + 8);
+		else if (strncmp(argv[i], "--unix=", 7) == 0)
+			try_unix(argv[i] + 7);
 		else if (strncmp(argv[i], "--hold=", 7) == 0)
 			hold = atoi(argv[i] + 7);
 		else if (strcmp(argv[i], "--exec") == 0 && i + 1 < argc) {
