@@ -139,11 +139,11 @@ class Build:
         self._record_fd = None
         self._in_subtree = False
         self._made = []
-        self._fault = fault or os.environ.get("CGNETNS_FAULT_POINT")
+        self._fault = fault
 
-    # -- fault points for crash-recovery tests (issue 8): CGNETNS_FAULT_POINT=NAME
-    #    makes the process SIGKILL itself at that point.  Only root can make a
-    #    build, and a build only affects its own state, so this grants nothing.
+    # -- fault points for crash-recovery tests (tests/fault_run.py passes
+    #    fault=NAME): the process SIGKILLs itself at that point.  The library
+    #    reads no environment for it.
     def _fault_point(self, name):
         if self._fault == name:
             os.kill(os.getpid(), 9)

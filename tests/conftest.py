@@ -74,6 +74,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CGNETNS_RUN = [PY, "-m", "cgnetns.cli.run"]
 
 
+def fault_run(point):
+    """cgnetns-run that SIGKILLs itself at fault point POINT (tests/fault_run.py)."""
+    return [PY, os.path.join(REPO, "tests", "fault_run.py"), point]
+
+
 def repo_env(**extra):
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

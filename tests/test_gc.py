@@ -2,7 +2,7 @@
 killed with SIGKILL at any point, gc leaves nothing behind; run during live
 builds, it removes nothing of them.
 
-The fault points are Build's (CGNETNS_FAULT_POINT=after-record|after-cgroup|
+The fault points are Build's (tests/fault_run.py POINT: after-record|after-cgroup|
 after-pin|after-tag|teardown: the run SIGKILLs itself there); "mid-build" is a
 kill -9 from outside while the command runs.
 """
@@ -19,7 +19,7 @@ import psutil
 from cgnetns import cgroups, namespaces, records, tags
 from cgnetns.build import Build
 
-from conftest import CGNETNS_RUN, PY, host_state, repo_env, run
+from conftest import CGNETNS_RUN, PY, fault_run, host_state, repo_env, run
 
 
 MINE = ("gc",)
@@ -60,7 +60,7 @@ def test_gc_after_each_fault_point_leaves_nothing(clean_host):
     }
     for point in FAULT_POINTS:
         name = "gcf-" + point
-        r = run(CGNETNS_RUN + ["--name", name, "--", "true"], env=repo_env(CGNETNS_FAULT_POINT=point))
+        r = run(fault_run(point) + ["--name", name, "--", "true"], env=repo_env())
         assert r.returncode == -signal.SIGKILL, (point, r.stderr)
         left = state_of(name)
         ids = {p[:-5] for p in left["pins"] if p.endswith(".json")}
