@@ -94,10 +94,6 @@ def write_project(path, nfiles=8, owner=None, cc_default="cc"):
     return objs
 
 
-def expected_sum(nfiles):
-    return sum(i * 3 + i for i in range(nfiles))
-
-
 # -- steps ------------------------------------------------------------------
 
 def say(msg=""):

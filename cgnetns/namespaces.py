@@ -61,11 +61,6 @@ def current_identity():
     return identity_of_path("/proc/thread-self/ns/net", follow=True)
 
 
-def identity_of_pid(pid, proc="/proc"):
-    """Identity of PID's netns; needs ptrace-read access (root, or same user)."""
-    return identity_of_path(os.path.join(proc, str(pid), "ns", "net"), follow=True)
-
-
 def pins_dir(run_dir=RUN_DIR):
     return os.path.join(run_dir, PINS_SUBDIR)
 
