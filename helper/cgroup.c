@@ -196,6 +196,42 @@ const char *cgroup_tagged_path(size_t *len)
 	return cg_rel;
 }
 
+/* Step 3's end: the first trusted.cgnetns on the walk, `up` levels above the
+ * subject's cgroup (r: fgetxattr's result, val its value).  Membership is
+ * checked first, then step 4 (the tagged directory is root's), then the
+ * strict parse into *t.  Refuses (exits) on every failed check. */
+static void take_tag(const struct subject *s, int cg, int leaf, int up,
+		     const char *val, ssize_t r, struct tag *t)
+{
+	struct stat st;
+	int alen = ancestor_len(up);
+	int saved = errno;
+	if (!lists_pid(leaf, s->pid))
+		die(EXIT_REFUSE, "process %d is not in cgroup /%s of the cgroup2 "
+		    "mount (cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
+	close_quietly(leaf);
+	errno = saved;
+	if (r < 0 || r > TAG_MAX)
+		die(EXIT_REFUSE, "tag of cgroup /%.*s is longer than %d bytes",
+		    alen, cg_rel, TAG_MAX);
+	/* Step 4: a tagged directory that root does not own could have
+	 * processes moved into it by its owner. */
+	if (fstat(cg, &st) < 0)
+		die_with_error(EXIT_REFUSE, "cannot stat cgroup /%.*s", alen, cg_rel);
+	if (st.st_uid != 0)
+		die(EXIT_REFUSE, "tagged cgroup /%.*s is not owned by root", alen, cg_rel);
+	switch (parse_tag(val, (size_t)r, t)) {
+	case PARSE_OK:
+		tagged_len = (size_t)alen;
+		return;
+	case PARSE_VERSION:
+		die(EXIT_REFUSE, "tag of cgroup /%.*s has an unsupported "
+		    "format version (this helper reads v1)", alen, cg_rel);
+	default:
+		die(EXIT_REFUSE, "malformed tag on cgroup /%.*s", alen, cg_rel);
+	}
+}
+
 int cgroup_find_tag(const struct subject *s, struct tag *t)
 {
 	struct stat rootst, st;
@@ -238,35 +274,10 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 		char val[TAG_MAX + 1];
 		ssize_t r = fgetxattr(cg, CGNETNS_TAG_XATTR, val, sizeof val);
 		if (r >= 0 || errno == ERANGE) {
-			int alen = ancestor_len(up);
-			int saved = errno;
-			if (!lists_pid(leaf, s->pid))
-				die(EXIT_REFUSE, "process %d is not in cgroup /%s of the cgroup2 "
-				    "mount (cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
-			close_quietly(leaf);
-			errno = saved;
-			if (r < 0 || r > TAG_MAX)
-				die(EXIT_REFUSE, "tag of cgroup /%.*s is longer than %d bytes",
-				    alen, cg_rel, TAG_MAX);
-			/* Step 4: a tagged directory that root does not own could have
-			 * processes moved into it by its owner. */
-			if (fstat(cg, &st) < 0)
-				die_with_error(EXIT_REFUSE, "cannot stat cgroup /%.*s", alen, cg_rel);
-			if (st.st_uid != 0)
-				die(EXIT_REFUSE, "tagged cgroup /%.*s is not owned by root",
-				    alen, cg_rel);
-			switch (parse_tag(val, (size_t)r, t)) {
-			case PARSE_OK:
-				tagged_len = (size_t)alen;
-				close_quietly(cg);
-				close_quietly(root);
-				return 1;
-			case PARSE_VERSION:
-				die(EXIT_REFUSE, "tag of cgroup /%.*s has an unsupported "
-				    "format version (this helper reads v1)", alen, cg_rel);
-			default:
-				die(EXIT_REFUSE, "malformed tag on cgroup /%.*s", alen, cg_rel);
-			}
+			take_tag(s, cg, leaf, up, val, r, t);
+			close_quietly(cg);
+			close_quietly(root);
+			return 1;
 		}
 		if (errno != ENODATA)
 			die_with_error(EXIT_REFUSE, "cannot read the tag of cgroup /%.*s",

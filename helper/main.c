@@ -21,6 +21,8 @@
 
 #include "helper.h"
 
+/* Long on purpose: the whole privileged path, in order, in one place, so
+ * that it can be read as an attacker would in one sitting (helper/README). */
 int main(int argc, char **argv)
 {
 	struct caller c;

@@ -193,6 +193,61 @@ static void become_supervisor(const struct peer *pe, const struct verdict *v,
 	notify_serve(listener, proc_fd, &sv);
 }
 
+/* The subject: the process that connected.  /proc/PID is opened by number
+ * and the pidfd checked alive afterwards: then the number was not reused in
+ * between, and the directory stays the peer's. */
+static void open_subject(const struct peer *pe, struct subject *s, int *cg_fd)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d", (int)pe->cred.pid);
+	s->pid = pe->cred.pid;
+	s->proc_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->proc_fd < 0)
+		die_with_error(EXIT_REFUSE, "cannot open %s", path);
+	if (!fd_on_fs(s->proc_fd, CG_PROC_SUPER_MAGIC))
+		die(EXIT_REFUSE, "/proc is not procfs");
+	peer_alive(pe, s->proc_fd);
+	s->cg_out = cg_fd;
+}
+
+/* For a join: what the supervisor checks each socket() against -- the
+ * allow-listed executables (opened as root: the list may be 0600) and the
+ * build's cgroup path --, then the supervisor itself, created in the
+ * caller's cgroup (the directory resolve() checked), so that its sockets
+ * carry the build's cgroup and count against it, and the build's end ends
+ * it.  clone3 with CLONE_INTO_CGROUP does that at creation (Linux 5.7); a
+ * write to cgroup.procs would wait for an RCU grace period (~15 ms).  This
+ * process then exits: cgnetnsd counts only requests in progress; the
+ * supervisor lives as long as a task uses the caller's filter. */
+__attribute__((noreturn))
+static void start_supervisor(const struct peer *pe, const struct verdict *v,
+			     const struct program *prog, int cg_fd, const char *context)
+{
+	allow_exe_set(&sv.allowed);
+	sv.build = cgroup_tagged_path(&sv.build_len);
+	int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (proc_fd < 0 || !fd_on_fs(proc_fd, CG_PROC_SUPER_MAGIC))
+		die(EXIT_REFUSE, "/proc is not procfs");
+
+	struct cg_clone_args ca;
+	memset(&ca, 0, sizeof ca);
+	ca.flags = CG_CLONE_INTO_CGROUP;
+	ca.cgroup = (uint64_t)cg_fd;
+	ca.exit_signal = 0;
+	long pid = syscall(SYS_clone3, &ca, sizeof ca);
+	if (pid < 0)
+		die_with_error(EXIT_REFUSE, "cannot start the supervisor in the caller's cgroup");
+	if (pid == 0) {
+		close_quietly(cg_fd);
+		close_quietly(pe->pidfd);
+		become_supervisor(pe, v, prog->path, proc_fd);
+	}
+	/* Logged here, as root, by the process cgnetnsd started: the
+	 * supervisor refuses (and logs) itself if its part fails. */
+	log_line("cgnetnsd: %s: join %s (supervisor %ld)", context, prog->path, pid);
+	_exit(0);
+}
+
 void supervise_main(int argc, char **argv)
 {
 	struct peer pe;
@@ -230,6 +285,7 @@ void supervise_main(int argc, char **argv)
 	signal(SIGALRM, SIG_DFL);
 	alarm(BROKER_HANDSHAKE_SECONDS);
 
+	/* Who asks (the kernel's record), and for what. */
 	set_reply_fd(CONN, "peer");
 	peer_identify(&pe, use_pidfd);
 	snprintf(context, sizeof context, "pid=%d uid=%u", (int)pe.cred.pid,
@@ -239,20 +295,7 @@ void supervise_main(int argc, char **argv)
 	snprintf(context + strlen(context), sizeof context - strlen(context),
 		 " program=%.100s", program);
 	set_reply_fd(CONN, context);
-
-	/* The subject: the process that connected.  /proc/PID is opened by
-	 * number and the pidfd checked alive afterwards: then the number was
-	 * not reused in between, and the directory stays the peer's. */
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%d", (int)pe.cred.pid);
-	s.pid = pe.cred.pid;
-	s.proc_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (s.proc_fd < 0)
-		die_with_error(EXIT_REFUSE, "cannot open %s", path);
-	if (!fd_on_fs(s.proc_fd, CG_PROC_SUPER_MAGIC))
-		die(EXIT_REFUSE, "/proc is not procfs");
-	peer_alive(&pe, s.proc_fd);
-	s.cg_out = &cg_fd;
+	open_subject(&pe, &s, &cg_fd);
 
 	/* The same checks, in the same order, as the set-user-ID path. */
 	allow_check_program(program, 1, 1, &prog);
@@ -260,48 +303,15 @@ void supervise_main(int argc, char **argv)
 	/* After reading its cgroup: still the same process (PID reuse). */
 	peer_alive(&pe, s.proc_fd);
 	close_quietly(prog.fd);
-	if (v.kind != VERDICT_JOIN) {
-		/* In no build, or already in its namespace: the client runs the
-		 * program itself, unchanged and without privilege. */
-		char line[CG_PATH_MAX + 8];
-		snprintf(line, sizeof line, "pass %s\n", prog.path);
-		say(line);
-		log_line("cgnetnsd: %s: pass %s", context, prog.path);
-		_exit(0);
-	}
-
-	/* What the supervisor checks each socket() against: the allow-listed
-	 * executables (opened as root: the list may be 0600) and the build's
-	 * cgroup path; /proc to look at the asking tasks. */
-	allow_exe_set(&sv.allowed);
-	sv.build = cgroup_tagged_path(&sv.build_len);
-	int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (proc_fd < 0 || !fd_on_fs(proc_fd, CG_PROC_SUPER_MAGIC))
-		die(EXIT_REFUSE, "/proc is not procfs");
 	close_quietly(s.proc_fd);
+	if (v.kind == VERDICT_JOIN)
+		start_supervisor(&pe, &v, &prog, cg_fd, context);
 
-	/* The supervisor is created in the caller's cgroup (the directory
-	 * resolve() checked), so that its sockets carry the build's cgroup
-	 * and count against it, and the build's end ends it.  clone3 with
-	 * CLONE_INTO_CGROUP does that at creation (Linux 5.7); a write to
-	 * cgroup.procs would wait for an RCU grace period (~15 ms).  This
-	 * process then exits: cgnetnsd counts only requests in progress; the
-	 * supervisor lives as long as a task uses the caller's filter. */
-	struct cg_clone_args ca;
-	memset(&ca, 0, sizeof ca);
-	ca.flags = CG_CLONE_INTO_CGROUP;
-	ca.cgroup = (uint64_t)cg_fd;
-	ca.exit_signal = 0;
-	long pid = syscall(SYS_clone3, &ca, sizeof ca);
-	if (pid < 0)
-		die_with_error(EXIT_REFUSE, "cannot start the supervisor in the caller's cgroup");
-	if (pid == 0) {
-		close_quietly(cg_fd);
-		close_quietly(pe.pidfd);
-		become_supervisor(&pe, &v, prog.path, proc_fd);
-	}
-	/* Logged here, as root, by the process cgnetnsd started: the
-	 * supervisor refuses (and logs) itself if its part fails. */
-	log_line("cgnetnsd: %s: join %s (supervisor %ld)", context, prog.path, pid);
+	/* In no build, or already in its namespace: the client runs the
+	 * program itself, unchanged and without privilege. */
+	char line[CG_PATH_MAX + 8];
+	snprintf(line, sizeof line, "pass %s\n", prog.path);
+	say(line);
+	log_line("cgnetnsd: %s: pass %s", context, prog.path);
 	_exit(0);
 }

@@ -92,8 +92,8 @@ SETUID = [
         "the tag is read from user.cgnetns, which a cgroup's owner can write"),
     Mutant(
         "tag-owner-unchecked", "helper/cgroup.c",
-        "\t\t\tif (st.st_uid != 0)\n",
-        "\t\t\tif (0 && st.st_uid != 0)\n",
+        "\tif (st.st_uid != 0)\n",
+        "\tif (0 && st.st_uid != 0)\n",
         [T + "test_t03_tag_on_cgroup_not_owned_by_root[musl]"],
         "a tagged cgroup that root does not own is believed"),
     Mutant(
@@ -105,8 +105,8 @@ SETUID = [
         "lists_pid(): the caller is never looked up in cgroup.procs"),
     Mutant(
         "membership-unchecked-on-the-walk", "helper/cgroup.c",
-        "\t\t\tif (!lists_pid(leaf, s->pid))\n",
-        "\t\t\tif (0 && !lists_pid(leaf, s->pid))\n",
+        "\tif (!lists_pid(leaf, s->pid))\n",
+        "\tif (0 && !lists_pid(leaf, s->pid))\n",
         [T + "test_t05_cgroup2_mount_of_another_subtree[musl]"],
         "a tag found by the walk is used without the membership check "
         "(a cgroup2 mount of another subtree)"),
