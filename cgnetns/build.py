@@ -18,6 +18,7 @@ import re
 import subprocess
 
 from . import cgroups, namespaces, records, tags
+from . import egress as _egress
 from .errors import CgnetnsError
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -121,7 +122,7 @@ class Build:
                  run_dir=namespaces.RUN_DIR, proc="/proc",
                  systemd_rundir=cgroups.SYSTEMD_RUNDIR,
                  netns_source="/proc/thread-self/ns/net", parent=None,
-                 fault=None):
+                 fault=None, egress=None):
         self.name = name
         self.sys_cgroup = sys_cgroup
         self.run_dir = run_dir
@@ -140,6 +141,10 @@ class Build:
         self._in_subtree = False
         self._made = []
         self._fault = fault
+        # The egress policy (cgnetns/egress.py): None reads the system's file;
+        # a Policy, or the path of a policy file, replaces it for this build.
+        self.egress = egress
+        self.egress_plan = None
 
     # -- fault points for crash-recovery tests (tests/fault_run.py passes
     #    fault=NAME): the process SIGKILLs itself at that point.  The library
@@ -159,6 +164,7 @@ class Build:
         self.id = make_id(self.name)
         self.cgroup_path = os.path.join(parent, self.id)
         self.cgroup = cgroups.to_rel(self.cgroup_root, self.cgroup_path)
+        self.egress_plan = _egress.prepare(self)  # a bad policy refuses before anything is made
         self._setup(make_cgroup=True, parent=parent)
         return self
 
@@ -177,6 +183,7 @@ class Build:
             raise CgnetnsError("%s is not below the cgroup2 mount %s" % (cgroup_path, b.cgroup_root))
         b.owns_cgroup = False
         b.id = make_id(b.name)
+        b.egress_plan = _egress.prepare(b)
         b._setup(make_cgroup=False, parent=None)
         return b
 
@@ -186,7 +193,8 @@ class Build:
             with records.global_lock(self.run_dir):
                 self._record_fd = records.create_record(self.id, {
                     "name": self.name, "cgroup_root": self.cgroup_root, "cgroup": self.cgroup,
-                    "owns_cgroup": self.owns_cgroup}, self.run_dir)
+                    "owns_cgroup": self.owns_cgroup,
+                    "egress": _egress.record(self.egress_plan)}, self.run_dir)
                 self._made.append("record")
                 self._fault_point("after-record")
                 if make_cgroup:
@@ -216,6 +224,10 @@ class Build:
                             "CONFIG_CGROUPS with kernfs xattrs)") from None
                     raise
                 self._fault_point("after-tag")
+                if self.egress_plan is not None:
+                    # before anything runs in the build; no filter, no build
+                    _egress.install(self, self.egress_plan)
+                    self._made.append("egress")
         except BaseException:
             self.close()
             raise
@@ -255,7 +267,9 @@ class Build:
                     errors.append("kill: %s" % e)
             for what in reversed(list(self._made)):
                 try:
-                    if what == "tag":
+                    if what == "egress":
+                        _egress.uninstall(self, self.egress_plan)
+                    elif what == "tag":
                         tags.remove_tag(self.cgroup_path)
                     elif what == "pin":
                         namespaces.unpin(self.id, self.run_dir)

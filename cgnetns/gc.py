@@ -34,6 +34,7 @@ import os
 import time
 
 from . import cgroups, namespaces, records, resolve, tags
+from . import egress as _egress
 from .errors import CgnetnsError, NoCgroup2Error
 
 EXIT_PARTIAL = 1  # gc: something could not be removed
@@ -292,7 +293,9 @@ class Action:
                 "kill": ("killed", "would kill"),
                 "remove-cgroup": ("removed cgroup", "would remove cgroup"),
                 "remove-pin": ("removed pin", "would remove pin"),
-                "remove-record": ("removed record", "would remove record")}[self.kind]
+                "remove-record": ("removed record", "would remove record"),
+                "remove-filter": ("removed egress filter", "would remove egress filter"),
+                }[self.kind]
         text = verb[1 if dry_run else 0]
         if self.kind == "kill":
             n = len(self.pids or [])
@@ -373,7 +376,8 @@ def collect(*, dry_run=False, sys_cgroup=cgroups.SYS_CGROUP, run_dir=namespaces.
         for f in found:
             if f.live:
                 continue
-            for a in _plan(f, cgroup_root, live_cgroups, run_dir, result):
+            for a in _with_filter(_plan(f, cgroup_root, live_cgroups, run_dir, result), f,
+                                  run_dir):
                 result.actions.append(a)
                 if not dry_run:
                     _do(a, cgroup_root, run_dir)
@@ -462,9 +466,23 @@ def _plan(f, cgroup_root, live_cgroups, run_dir, result):
     return acts
 
 
+def _with_filter(acts, f, run_dir):
+    """ACTS with the removal of F's egress filter (cgnetns/egress.py) put
+    after its processes are killed and before its cgroup and pin go (the
+    filter is found through the pin and keyed by the cgroup)."""
+    a = _egress.gc_action(f, run_dir, Action)
+    if a is None:
+        return acts
+    at = next((i for i, x in enumerate(acts)
+               if x.kind in ("remove-cgroup", "remove-pin", "remove-record")), len(acts))
+    return acts[:at] + [a] + acts[at:]
+
+
 def _do(a, cgroup_root, run_dir):
     try:
-        if a.kind == "remove-tag":
+        if a.kind == "remove-filter":
+            _egress.gc_remove(a, run_dir)
+        elif a.kind == "remove-tag":
             tags.remove_tag(cgroups.to_abs(cgroup_root, a.path))
         elif a.kind == "kill":
             cgroups.kill(cgroups.to_abs(cgroup_root, a.path))

@@ -26,3 +26,4 @@ ALLOW_PATH = SYSCONFDIR + "/cgnetns/allow"
 PINS_DIR = RUN_DIR + "/pins"
 BROKER_SOCKET = RUN_DIR + "/cgnetnsd.sock"
 BROKER_LOCK = RUN_DIR + "/cgnetnsd.lock"
+EGRESS_PATH = SYSCONFDIR + "/cgnetns/egress"  # the egress policy (cgnetns/egress.py)

@@ -26,6 +26,7 @@ import textwrap
 import time
 
 from .. import __version__, _sys, cgroups, namespaces, paths, resolve
+from .. import egress as _egress
 from ..errors import CgnetnsError, EXIT_USAGE, PlacementError
 from . import Parser, run_main
 
@@ -197,6 +198,51 @@ def format_explanation(d, width=WIDTH):
         out += _field("via broker", d["on_join"]["broker"], width)
     if d["fix"]:
         out += _field("fix", d["fix"], width)
+    out += format_egress(d.get("egress"), width)
+    return out
+
+
+def egress_of(d):
+    """The egress policy of the build of explanation D (cgnetns/egress.py):
+    what its run record says, and the filter with its counters as installed
+    in the approved namespace (root only); None when not in a build."""
+    from .. import records
+    b = d.get("build")
+    if not b or not b.get("exists") or not b.get("record"):
+        return None
+    data = records.read_record(b["record"])
+    a = d.get("approved_netns")
+    ident = namespaces.NsIdentity(a["dev"], a["ino"], a["nsid"]) if a else None
+    pin = d["pin"]["path"] if d.get("pin") and d["pin"].get("state") == "ok" else None
+    return _egress.explain(data, pin, ident if pin else None)
+
+
+def format_egress(e, width=WIDTH):
+    """The ``egress`` lines of the explanation."""
+    if e is None:
+        return []
+    pol = e["policy"]
+    if pol is None:
+        return _field("egress", "no policy when the build was made: its allow-listed programs "
+                      "reach any destination", width)
+    state = {True: "installed", False: "NOT installed (removed by hand?): the build's sockets are not filtered",
+             None: "not read (%s)" % (e["error"] or "needs root")}[e["installed"]]
+    out = _field("egress", "%s, %s as %s %s" % (pol.get("source"), state, pol.get("table"),
+                                                  pol.get("chain")), width)
+    counts = {}
+    for r in e.get("rules") or []:
+        counts.setdefault(r["comment"], 0)
+        counts[r["comment"]] += r["packets"] or 0
+    for rule in pol.get("rules") or []:
+        n = counts.get("line %d" % rule["line"])
+        out += _field("", "line %d: %s -> %s%s" % (
+            rule["line"], rule["text"], ", ".join(rule["addresses"]),
+            "" if n is None else " (%d packet%s)" % (n, "" if n == 1 else "s")), width)
+    n = counts.get("not in the policy")
+    out += _field("", "anything else from the build's sockets is rejected%s; a TCP "
+                  "connection counts its first packet only"
+                  % ("" if n is None else " (%d packet%s so far)" % (n, "" if n == 1 else "s")),
+                  width)
     return out
 
 
@@ -758,6 +804,7 @@ def host_checks(*, helper=None, front=None, allow_list=resolve.ALLOW_LIST,
     checks += check_kernel(sys_cgroup)
     checks += check_broker(broker_socket)
     checks += check_python()
+    checks += [Check(*c) for c in _egress.check(sys_cgroup)]
     try:
         checks += check_debris(run_dir, proc)
     except CgnetnsError as e:
@@ -816,6 +863,7 @@ def run(argv):
         return 0
     pid = _pid(args.pid) if args.pid is not None else None
     d = resolve.explain(pid).to_dict()
+    d["egress"] = egress_of(d)
     if args.json:
         _dump(d)
     else:
