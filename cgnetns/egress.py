@@ -214,6 +214,10 @@ def _parse_line(line, n, source):
     if proto not in ("tcp", "udp"):
         raise bad("%r is not a protocol" % proto, "write tcp or udp first: " + FORMAT)
     network = name = None
+    if "%" in dest or "[" in dest:
+        raise bad("%r is neither an address nor a host name" % dest,
+                  "write an IPv4 or IPv6 address (no brackets, no zone), "
+                  "ADDRESS/PREFIX, or a host name")
     if "/" in dest:
         try:
             network = ipaddress.ip_network(dest, strict=True)
