@@ -1,0 +1,244 @@
+"""Part 7 (egress): what the egress policy costs (issue 16, cgnetns/egress.py).
+
+* data path of a build: the tcpbench client (bench/tcpbench.c) runs as the
+  build user in a build's cgroup, in the parent namespace (the socket a
+  build gets through cgnetns-exec: made by a process of the build cgroup in
+  the approved namespace), against the server on 127.0.0.1 there.  Each
+  round makes a build with a policy that lists the server's port, runs the
+  client in it and removes it, then the same without a policy (so with no
+  cgnetns table at all), in alternating order.
+  Target: the build with a policy keeps at least 0.97x the speed of the one
+  without (latency and throughput; the ratio column is the time ratio).
+* traffic outside builds: the same client outside any build, with 1,000
+  live builds (cgnetns.build.Build, each with its own policy and filter)
+  against none at all (no cgnetns table), in alternating rounds that make
+  and remove the 1,000 builds.  Target: at least 0.98x the speed.
+* filter install plus removal per build: ``egress.install`` then
+  ``egress.uninstall`` of one build's filter (one policy line), timed
+  in-process, first as the only build with a filter (so each round also
+  makes and removes the table and its hook), then beside 1,000 other
+  builds' filters.  Target: under 20 ms.  For scale, the whole
+  ``Build(egress=...).create()`` plus ``close()`` against a build without
+  a policy.
+
+The system's policy file is not read (``paths.EGRESS_PATH`` points at a
+missing file for the run): builds without ``egress=`` have no policy.
+Loopback only; everything made is removed by name or PID.
+"""
+
+import os
+import subprocess
+import time
+
+from cgnetns import egress, paths
+from cgnetns.build import Build
+
+from .common import (BUILD_USER, BenchError, Cleanup, Row, allow_listed, communicate,
+                     kill_wait, last_line, median, signals_held, start_in_build, start_outside)
+
+PART = 7
+NAME = "egress"
+NBYTES = 256 << 20
+N_BUILDS = 1000
+
+
+def parse(out):
+    lat, xfer = [], []
+    for line in out.decode().splitlines():
+        f = line.split()
+        if f and f[0] == "lat":
+            lat.append(int(f[1]) / 1e3)                             # microseconds
+        elif f and f[0] == "xfer":
+            xfer.append(int(f[2]) / (1 << 20) / (int(f[1]) / 1e9))  # MiB/s
+    return lat, xfer
+
+
+def _measure(sess, start, what):
+    proc = start()
+    out, err = communicate(proc, what="tcpbench client (%s)" % what)
+    if proc.returncode != 0:
+        raise BenchError("tcpbench client (%s) exit %d: %s" % (what, proc.returncode,
+                                                                last_line(err)))
+    return parse(out)
+
+
+def _builds(stack, n, policy_of):
+    made = []
+    with signals_held():
+        for i in range(n):
+            b = Build(name="bench-egress-many", egress=policy_of(i)).create()
+            made.append(b)
+    stack.callback(_close_all, made)
+    return made
+
+
+def _close_all(builds):
+    with signals_held():
+        while builds:
+            builds.pop().close()
+
+
+def _install_removal(b, policy, n):
+    """[(install s, removal s)] of N rounds of B's filter."""
+    out = []
+    b.egress = policy
+    for _ in range(n):
+        plan = egress.prepare(b)
+        with signals_held():
+            t0 = time.perf_counter()
+            egress.install(b, plan)
+            t1 = time.perf_counter()
+            egress.uninstall(b, plan)
+            t2 = time.perf_counter()
+        out.append((t1 - t0, t2 - t1))
+    b.egress = None
+    return out
+
+
+def run(sess):
+    lat_n = sess.pick(100, 40)
+    reps = sess.pick(5, 2)
+    rounds = sess.pick(6, 2)
+    many_rounds = sess.pick(3, 1)
+    per_round = sess.pick(2, 1)   # client runs per round outside builds
+    n_inst = sess.pick(200, 50)
+    n_lib = sess.pick(200, 50)
+    tcp = sess.tool("tcpbench")
+    with Cleanup() as stack:
+        saved = paths.EGRESS_PATH
+        paths.EGRESS_PATH = os.path.join(sess.tooldir, "no-such-egress-policy")
+        stack.callback(setattr, paths, "EGRESS_PATH", saved)
+        stack.enter_context(allow_listed([tcp]))
+        server = subprocess.Popen([tcp, "serve"], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, cwd="/", start_new_session=True)
+        stack.callback(kill_wait, server)
+        stack.callback(server.stdout.close)
+        port = server.stdout.readline().decode().strip()
+        if not port.isdigit():
+            raise BenchError("tcpbench server did not start")
+        policy = egress.Policy.parse("tcp 127.0.0.1 %s\n" % port, "<bench>")
+        client = [tcp, "client", port, str(lat_n), str(NBYTES), str(reps)]
+        try:
+            egress.check()  # loads libnftables; a missing one is this part's error
+        except Exception as e:
+            raise BenchError("nftables: %s" % e)
+
+        # -- the data path of a build, with and without a policy: each round makes
+        #    the build, runs the client in it and removes it, so that "without"
+        #    runs with no cgnetns table at all
+        def in_build(with_policy):
+            with signals_held():
+                b = Build(name="bench-egress-data",
+                          egress=policy if with_policy else None).create()
+            try:
+                if not with_policy and egress.table_exists():
+                    raise BenchError("an inet cgnetns table exists (another build with a "
+                                     "policy runs on this host): no baseline without one")
+                got = _measure(sess, lambda: start_in_build(b.cgroup_path, client,
+                                                            user=BUILD_USER, unshare_net=False),
+                               "policy" if with_policy else "none")
+                if with_policy and not sum(x["packets"] or 0 for x in egress.counters(b) or ()
+                                           if x["comment"] == "line 1"):
+                    raise BenchError("the policy's rule counted no connection: the filter "
+                                     "was not on the data path")
+                return got
+            finally:
+                with signals_held():
+                    b.close()
+
+        data = {k: ([], []) for k in ("policy", "none")}
+        for r in range(rounds):
+            for name in (("policy", "none") if r % 2 else ("none", "policy")):
+                sess.log("egress: data path round %d/%d: %s" % (r + 1, rounds, name))
+                lat, xfer = in_build(name == "policy")
+                data[name][0].extend(lat)
+                data[name][1].extend(xfer)
+
+        # -- traffic outside builds, and install + removal, with 1,000 builds' filters
+        outside = {k: ([], []) for k in ("none", "many")}
+        inst_many, setup_times = [], []
+        for r in range(many_rounds):
+            if egress.table_exists():
+                raise BenchError("an inet cgnetns table exists already (another build with a "
+                                 "policy runs on this host): no baseline without one")
+            sess.log("egress: outside builds, round %d/%d: no filter" % (r + 1, many_rounds))
+            for _ in range(per_round):
+                lat, xfer = _measure(sess, lambda: start_outside(client, user=BUILD_USER),
+                                     "outside")
+                outside["none"][0].extend(lat)
+                outside["none"][1].extend(xfer)
+            sess.log("egress: making %d builds with a policy each" % N_BUILDS)
+            t0 = time.perf_counter()
+            round_stack = Cleanup()
+            with round_stack:
+                _builds(round_stack, N_BUILDS, lambda i: egress.Policy.parse(
+                    "tcp 127.0.0.1 %d\n" % (20000 + i), "<bench>"))
+                setup_times.append((time.perf_counter() - t0) / N_BUILDS)
+                if len(egress.chains()) < N_BUILDS:
+                    raise BenchError("only %d filters installed" % len(egress.chains()))
+                sess.log("egress: outside builds, round %d/%d: %d builds' filters"
+                         % (r + 1, many_rounds, N_BUILDS))
+                for _ in range(per_round):
+                    lat, xfer = _measure(sess, lambda: start_outside(client, user=BUILD_USER),
+                                         "outside, %d filters" % N_BUILDS)
+                    outside["many"][0].extend(lat)
+                    outside["many"][1].extend(xfer)
+                sess.log("egress: install + removal beside %d filters" % N_BUILDS)
+                with signals_held():
+                    b = Build(name="bench-egress-one").create()
+                    round_stack.callback(b.close)
+                inst_many += _install_removal(b, policy, n_inst // many_rounds)
+            sess.log("egress: removed the %d builds" % N_BUILDS)
+
+        # -- install + removal as the only build with a filter; the whole library call
+        sess.log("egress: install + removal, the only build with a filter")
+        with Cleanup() as one:
+            with signals_held():
+                b = Build(name="bench-egress-one").create()
+                one.callback(b.close)
+            inst_one = _install_removal(b, policy, n_inst)
+        lib = {"policy": [], "none": []}
+        for i in range(n_lib):
+            for k in (("policy", "none") if i % 2 else ("none", "policy")):
+                with signals_held():
+                    t0 = time.perf_counter()
+                    b = Build(name="bench-egress-lib",
+                              egress=policy if k == "policy" else None).create()
+                    b.close()
+                    lib[k].append(time.perf_counter() - t0)
+
+    def rows_for(got, base_key, key, label, base_label, target):
+        lat_b, lat_v = median(got[base_key][0]), median(got[key][0])
+        thr_b, thr_v = median(got[base_key][1]), median(got[key][1])
+        return [
+            Row(PART, label + ": connect + echo latency", lat_v, unit="us", n=len(got[key][0]),
+                baseline=base_label, baseline_value=lat_b, target="speed >= %.2fx" % target,
+                met=lat_b / lat_v >= target),
+            Row(PART, label + ": 256 MiB throughput (time ratio)", thr_v, unit="MiB/s",
+                n=len(got[key][1]), baseline=base_label, baseline_value=thr_b,
+                ratio=thr_b / thr_v, target="speed >= %.2fx" % target, met=thr_v / thr_b >= target),
+        ]
+
+    one = [a + r for a, r in inst_one]
+    many_ = [a + r for a, r in inst_many]
+    rows = rows_for(data, "none", "policy", "build with a policy (data path)",
+                    "build without", 0.97)
+    rows += rows_for(outside, "none", "many", "outside builds, %s builds' filters"
+                     % format(N_BUILDS, ","), "no filter", 0.98)
+    rows += [
+        Row(PART, "filter install + removal: the only build with one", median(one) * 1e3,
+            n=len(one), target="< 20 ms", met=median(one) * 1e3 < 20),
+        Row(PART, "filter install + removal: beside %s builds' filters" % format(N_BUILDS, ","),
+            median(many_) * 1e3, n=len(many_), target="< 20 ms", met=median(many_) * 1e3 < 20),
+        Row(PART, "library: Build(egress=policy).create() + close()",
+            median(lib["policy"]) * 1e3, n=len(lib["policy"]), baseline="no policy",
+            baseline_value=median(lib["none"]) * 1e3),
+    ]
+    sess.add(*rows)
+    sess.note("egress: install %.3f ms + removal %.3f ms as the only build (the table and its "
+              "hook made and removed each time); %.3f + %.3f ms beside %d filters; making "
+              "one of %d builds with a filter took %.2f ms on average" % (
+                  median([a for a, _ in inst_one]) * 1e3, median([r for _, r in inst_one]) * 1e3,
+                  median([a for a, _ in inst_many]) * 1e3,
+                  median([r for _, r in inst_many]) * 1e3, N_BUILDS, N_BUILDS,
+                  median(setup_times) * 1e3))
