@@ -48,8 +48,10 @@ from .errors import CgnetnsError, NoCgroup2Error, TagFormatError
 ALLOW_LIST = paths.ALLOW_PATH
 RUN_DIR = paths.RUN_DIR
 
-# The init user namespace has this fixed inode number (PROC_USER_INIT_INO).
+# The init user namespace has this fixed inode number (PROC_USER_INIT_INO),
+# the init cgroup namespace this one (PROC_CGROUP_INIT_INO).
 INIT_USER_NS_INO = 0xEFFFFFFD
+INIT_CGROUP_NS_INO = 0xEFFFFFFB
 CAP_SYS_ADMIN = 21
 
 EXIT_NOPROC = 3     # no such process, or it exited while being shown
@@ -231,15 +233,20 @@ def check_allow_list(path=ALLOW_LIST):
     try:
         os.lstat(path)
     except FileNotFoundError:
-        out.update(state="missing", problem="%s does not exist: cgnetns-exec refuses every "
-                   "call" % path)
-        return out
+        pass
     except PermissionError:
         out.update(state="unreadable", problem="%s cannot be examined by this user" % path)
         return out
+    # In the helper's order (helper/path.c): from "/" down, the first
+    # component that is unsafe or missing decides, so a missing list below an
+    # unsafe directory is unsafe, not missing.
     problem = trusted_path_problem(path)
     if problem:
-        out.update(state="unsafe", problem=problem)
+        if not os.path.lexists(path) and problem.endswith(" does not exist"):
+            out.update(state="missing", problem="%s does not exist: cgnetns-exec refuses every "
+                       "call" % path)
+        else:
+            out.update(state="unsafe", problem=problem)
         return out
     try:
         with open(path, "rb") as f:
@@ -462,6 +469,11 @@ def explain(pid=None, *, proc="/proc", sys_cgroup=cgroups.SYS_CGROUP,
         if ex.same_cgroupns is False:
             ex.notes.append("judged from this cgroup namespace the verdict would be %s (%s)"
                             % (ex.verdict, ex.reason))
+            if ex.exec_path == "set-user-id":
+                ex.notes.append("on the set-user-ID path the helper judges by the process's "
+                                "own cgroup and mount namespaces, where it may join; to see "
+                                "that view: nsenter -t %d -m -C cgnetns-show %d"
+                                % (ex.pid, ex.pid))
             ex.decide("cgroupns",
                       "process %d is in a cgroup namespace of its own (not cgnetns-show's, "
                       "which is where cgnetnsd runs): its cgroup path is relative to a root "
@@ -646,13 +658,70 @@ def _open_cgroup(ex, root_fd, cgpath):
     return chain
 
 
-def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
-    # 1. The 0:: line, from our view.
-    text = subj.read("cgroup").decode(errors="replace")
-    if "\n0::" not in "\n" + text:
+def _read_cgroup_file(ex, subj):
+    """The bytes of /proc/PID/cgroup, parsed by the helper's rule
+    (helper/cgroup.c, read_subject_cgroup): only procfs tells the truth about
+    a process, so a file mounted over it is refused; no 0:: line, or a 0::
+    line the helper would not use, is refused too.  Returns the cgroup path
+    (str; bytes that are not UTF-8 kept as surrogates, so that opening it
+    names the very cgroup the helper opens)."""
+    try:
+        fd = os.open("cgroup", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=subj.fd)
+    except (FileNotFoundError, ProcessLookupError):
+        raise _gone(ex.pid, during=True) from None
+    except PermissionError:
+        raise NoPermission("cannot read cgroup of process %d: permission denied" % ex.pid,
+                           "run cgnetns-show as root") from None
+    try:
+        if _sys.fstatfs_type(fd) != _sys.PROC_SUPER_MAGIC:
+            raise _Verdict("cgroup-unreachable",
+                           "/proc/%d/cgroup is not on procfs (something is mounted over it): "
+                           "the helper refuses to judge by it" % ex.pid,
+                           "unmount what covers /proc/%d/cgroup" % ex.pid)
+        data = b""
+        while len(data) <= 64 * 1024:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            data += b
+    except ProcessLookupError:
+        raise _gone(ex.pid, during=True) from None
+    finally:
+        os.close(fd)
+    state, path = cgroups.parse_cgroup_file(data)
+    if state == "NONE":
         raise _Verdict("no-cgroup2-membership",
-                      "the process has no cgroup2 membership (no 0:: line in "
-                      "/proc/%d/cgroup): a cgroup v1-only host" % ex.pid, cgroups.NO_CGROUP2_HINT)
+                       "the process has no cgroup2 membership (no 0:: line in "
+                       "/proc/%d/cgroup): a cgroup v1-only host" % ex.pid, cgroups.NO_CGROUP2_HINT)
+    if state != "OK" or len(data) > 64 * 1024:
+        raise _Verdict("cgroup-unreachable",
+                       "the 0:: line of /proc/%d/cgroup is not a path the helper uses (a path "
+                       "outside this cgroup namespace, \"..\", or a malformed file)" % ex.pid,
+                       "run cgnetns-show in the process's cgroup namespace")
+    return path.decode(errors="surrogateescape")
+
+
+def in_initial_cgroupns(proc="/proc"):
+    """Whether this process is in the initial cgroup namespace (its nsfs
+    inode is PROC_CGROUP_INIT_INO), as helper/cgroup.c tells it: False when
+    it cannot be told."""
+    try:
+        fd = os.open(os.path.join(proc, "self", "ns", "cgroup"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return (_sys.fstatfs_type(fd) == _sys.NSFS_MAGIC
+                and os.fstat(fd).st_ino == INIT_CGROUP_NS_INO)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
+    # 1. The 0:: line, from our view, read and parsed as the helper does it
+    #    (before it looks for cgroup2).
+    cgpath = _read_cgroup_file(ex, subj)
     try:
         ex.cgroup_root = cgroups.find_cgroup2(sys_cgroup)
     except NoCgroup2Error as e:
@@ -662,10 +731,6 @@ def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
     try:
         # 2. Open it below the root; check membership (retry once: it may move).
         for attempt in range(3):
-            cgpath = cgroups.parse_proc_cgroup(text)
-            if cgpath is None:
-                raise _Verdict("cgroup-unreachable",
-                              "the 0:: line of /proc/%d/cgroup is not a path" % ex.pid)
             ex.cgroup = cgpath
             for _, fd in chain[1:]:
                 os.close(fd)
@@ -679,7 +744,19 @@ def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
             if ex.in_cgroup_procs:
                 break
             time.sleep(0.01)
-            text = subj.read("cgroup").decode(errors="replace")
+            cgpath = _read_cgroup_file(ex, subj)
+        # Outside the initial cgroup namespace the path is relative to our
+        # namespace's root and may name another cgroup of the mount: the
+        # helper checks membership at once there (helper/cgroup.c), tag or no
+        # tag.
+        if not ex.in_cgroup_procs and not in_initial_cgroupns(proc):
+            raise _Verdict("not-in-cgroup",
+                          "process %d is not listed in %s/cgroup.procs: cgnetns-show is not "
+                          "in the initial cgroup namespace, where a cgroup path is relative "
+                          "to its namespace's root and may name another cgroup of the mount, "
+                          "so membership is checked at once, as the helper checks it"
+                          % (ex.tgid, cgpath),
+                          "run cgnetns-show in the process's cgroup namespace")
         # 3. Walk up to the nearest tag.  Membership (step 2) matters only once
         #    a tag is found, as in the helper (helper/cgroup.c): without a tag the
         #    verdict is pass-through whatever cgroup the path named.
@@ -701,6 +778,7 @@ def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
                 ex.tag_raw = entry["tag"]
                 tagged_fd = fd
                 tagged_st = st
+                tagged_raw = raw
                 break
         if tagged_fd is None:
             if not ex.privileged:
@@ -721,6 +799,14 @@ def _resolve(ex, subj, sys_cgroup, run_dir, proc, lock_holders):
                           "process %d is not listed in %s/cgroup.procs (its cgroup path "
                           "does not match this view of the hierarchy)" % (ex.tgid, cgpath),
                           "run cgnetns-show in the process's cgroup namespace")
+        # The helper reads at most TAG_MAX bytes of the tag: a longer one is
+        # refused before the owner is looked at (helper/cgroup.c).
+        if len(tagged_raw) > tags.TAG_MAX:
+            ex.tag_error = "tag is %d bytes long (at most %d)" % (len(tagged_raw), tags.TAG_MAX)
+            raise _Verdict("tag-format", "the tag of %s is not usable: %s"
+                          % (ex.tagged_cgroup, ex.tag_error),
+                          "remove the cgroup's tag (cgnetns-gc after its run ended) "
+                          "or restart the build")
         # 4. Root-owned.
         if tagged_st.st_uid != 0:
             raise _Verdict("tag-owner", "the tagged cgroup %s is owned by uid %d, not root: "
@@ -799,7 +885,8 @@ def inspect_pin(pin_id, tag=None, run_dir=RUN_DIR):
         return bad("missing" if v.code == "pin-missing" else "unsafe-dir", v.code, v.reason, v.fix)
     try:
         try:
-            fd = os.open(pin_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            fd = os.open(pin_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dfd)
         except FileNotFoundError:
             return bad("missing", "pin-missing", "the pin %s does not exist (removed by hand, "
                        "or the run is over)" % path)

@@ -10,10 +10,15 @@ runs in a private mount namespace with its own allow list (a tmpfs on
 (nsenter -m), so both read the same policy; nothing on the host changes.
 
 The broker-path comparisons need cgnetnsd on the socket the installed front
-has compiled in (cgnetns.paths.BROKER_SOCKET): they start one there, in a
-private mount namespace with the same private allow list, run cgnetns-show in
-that mount namespace (the broker's helper reads the allow list there), and
-stop it by its PID.  If another broker already answers there they fail.
+has compiled in (cgnetns.paths.BROKER_SOCKET).  They start one in a private
+mount namespace of its own (:func:`system_broker`): a tmpfs on the run
+directory (the host's pins directory bound into it) and one on /etc/cgnetns
+with the private allow list.  Its socket is on that tmpfs, so a cgnetnsd that
+other tests (or the host) run on the real socket is neither seen nor
+disturbed.  Probes on that path enter the broker's mount namespace first
+(``Probe(mount_ns=broker)``) and cgnetns-show runs there (the broker's helper
+reads the allow list, the pins and cgroup2 in that view).
+tests/test_reason_codes.py uses the same pieces for every reason code.
 """
 
 import contextlib
@@ -66,12 +71,13 @@ NETPROBE = (
 
 # Inside a private mount namespace: a set-up step ($2), our own allow list
 # (mode $1), then become nobody (with setpriv's further options or a command
-# in front, $3), say "ready", wait, and exec the front on the probe program
-# (the rest of the arguments).
+# in front, $3; a command in front of setpriv itself, run as root, $4), say
+# "ready", wait, and exec the front on the probe program (the rest of the
+# arguments).
 PROBE = (
     "eval \"$2\" && mount -t tmpfs -o mode=755,size=64k cgnetns-test %s && "
-    "printf '%%s\\n' %s > %s && chmod \"$1\" %s && wrap=$3 && shift 3 && "
-    "exec setpriv --reuid=nobody --regid=nogroup --clear-groups $wrap "
+    "printf '%%s\\n' %s > %s && chmod \"$1\" %s && wrap=$3 && pre=$4 && shift 4 && "
+    "exec $pre setpriv --reuid=nobody --regid=nogroup --clear-groups $wrap "
     "sh -c 'echo ready; read go; exec \"$@\"' probe \"$@\""
     % (os.path.dirname(paths.ALLOW_PATH), PROBE_PROGRAM, paths.ALLOW_PATH, paths.ALLOW_PATH))
 
@@ -87,6 +93,13 @@ HELPER_SAYS = {
     "allow-list-missing": r"allow list \S+: cannot open",
     "no-cgroup2": r"cgroup2 is mounted neither at",
     "cgroupns": r"process (\d+) is in a cgroup namespace of its own",
+    "no-cgroup2-membership": r"no cgroup2 \(0::\) line in /proc/\d+/cgroup",
+    "cgroup-unreachable": r"cannot open cgroup /\S* beneath the cgroup2 root|unusable cgroup2 "
+                          r"path in /proc/\d+/cgroup|cgroup /\S* is not on the cgroup2 mount|"
+                          r"/proc/\d+/cgroup is not on procfs",
+    "not-in-cgroup": r"process \d+ is not in cgroup /\S* of the cgroup2 mount",
+    "pins-dir-unsafe": r"unsafe pins directory: ",
+    "pin-not-net": r"pin \S+ is not a network namespace",
 }
 
 
@@ -133,35 +146,38 @@ def server():
         ls.close()
 
 
-def broker_answers(path=paths.BROKER_SOCKET):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 @contextlib.contextmanager
 def system_broker(tmp_path):
-    """cgnetnsd on the system socket (the one the installed front asks), in a
-    private mount namespace whose allow list is the probes' own; yields its
-    PID, and stops it by that PID.  Its log is in tmp_path.
+    """cgnetnsd on the socket the installed front asks, in a private mount
+    namespace of its own; yields its PID (which names that mount namespace),
+    and stops it by that PID.  Its log is in tmp_path.
 
-    The mount namespace is a copy of this one when it starts: start it inside
-    the build (``with Build(...) as b, system_broker(...)``) so that it sees
-    the build's pin; it is stopped before the build ends."""
+    Private: a tmpfs on the run directory, with the host's pins directory
+    bound into it (root's alone, 0700, as on the host), so the broker's socket
+    and lock are on that tmpfs and no other cgnetnsd (another test's, the
+    host's) is seen or disturbed; and a tmpfs on /etc/cgnetns with the
+    probes' allow list.  Probes reach it by entering that mount namespace
+    (``Probe(mount_ns=PID)``).
+
+    The pins it sees are those that exist when it starts (the host's mounts
+    do not propagate into it): start it inside the build (``with Build(...)
+    as b, system_broker(...)``); it is stopped before the build ends."""
     require_helper()
-    if broker_answers():
-        pytest.fail("a cgnetnsd already answers on %s: these tests start their own there "
-                    "(with a private allow list); stop it first" % paths.BROKER_SOCKET)
+    namespaces.ensure_run_dirs()
+    hold = tmp_path / "pins-hold"
+    hold.mkdir()
     logpath = tmp_path / "cgnetnsd.log"
-    script = ("mount -t tmpfs -o mode=755,size=64k cgnetns-test %s && printf '%%s\\n' %s > %s && "
-              "chmod 644 %s && exec %s -m cgnetns.cli.broker"
-              % (os.path.dirname(paths.ALLOW_PATH), PROBE_PROGRAM, paths.ALLOW_PATH,
-                 paths.ALLOW_PATH, PY))
+    run_dir = os.path.dirname(paths.BROKER_SOCKET)
+    pins = namespaces.pins_dir()
+    assert os.path.dirname(pins) == run_dir, (pins, run_dir)
+    script = ("set -e; mount --rbind {pins} {hold}; "
+              "mount -t tmpfs -o mode=755,size=64k cgnetns-test-run {run}; "
+              "mkdir -m 700 {pins}; mount --move {hold} {pins}; "
+              "mount -t tmpfs -o mode=755,size=64k cgnetns-test {etc}; "
+              "printf '%s\\n' {prog} > {allow}; chmod 644 {allow}; "
+              "exec {py} -m cgnetns.cli.broker"
+              .format(pins=pins, hold=hold, run=run_dir, etc=os.path.dirname(paths.ALLOW_PATH),
+                      prog=PROBE_PROGRAM, allow=paths.ALLOW_PATH, py=PY))
     with open(logpath, "wb") as log:
         p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                              env=repo_env(), stdout=log, stderr=log)
@@ -172,7 +188,6 @@ def system_broker(tmp_path):
             if p.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("cgnetnsd did not start: %s" % logpath.read_text())
             time.sleep(0.05)
-        assert broker_answers()
         yield p.pid
     finally:
         if p.poll() is None:
@@ -183,16 +198,26 @@ def system_broker(tmp_path):
                 p.kill()
                 p.wait(10)
         sys.stderr.write("cgnetnsd's log:\n%s" % logpath.read_text())
-    assert not broker_answers(), "the test's cgnetnsd left its socket answering"
 
 
 class Probe:
-    """A process that shows itself to cgnetns-show, then execs cgnetns-exec."""
+    """A process that shows itself to cgnetns-show, then execs cgnetns-exec.
+
+    In BUILD (spawned into its cgroup, in a network namespace of its own
+    with UNSHARE_NET) or in none (a network namespace of its own).  As root
+    it enters the mount namespace of process MOUNT_NS first when given (a
+    private broker's: :func:`system_broker`), then makes a private one: runs
+    SETUP (shell) there, mounts its own allow list (mode ALLOW_MODE), and
+    execs ``PRE setpriv --reuid=nobody ... WRAP sh``: PRE runs as root (e.g.
+    ``unshare -C``), WRAP as nobody (setpriv options, or a command).  The
+    program is PROBE_PROGRAM running NETPROBE against 127.0.0.1:PORT."""
 
     def __init__(self, build=None, unshare_net=True, allow_mode="644", setup=":", wrap="",
-                 port=1):
-        argv = ["unshare", "-m", "sh", "-c", PROBE, "probe", allow_mode, setup, wrap,
+                 port=1, pre="", mount_ns=None):
+        argv = ["unshare", "-m", "sh", "-c", PROBE, "probe", allow_mode, setup, wrap, pre,
                 FRONT, PROBE_PROGRAM, "-I", "-S", "-c", NETPROBE, str(port)]
+        if mount_ns is not None:
+            argv = ["nsenter", "-t", str(mount_ns), "-m", "--"] + argv
         kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if build is not None:
             self.proc = build.spawn(argv, unshare_net=unshare_net, **kw)
@@ -205,11 +230,17 @@ class Probe:
             pytest.fail("probe did not start: %r %r" % (line + out, err))
         self.pid = self.proc.pid
 
-    def show(self, *extra, mount_ns_of=None):
+    def show(self, *extra, mount_ns_of=None, cgroupns=False, command=None):
         """cgnetns-show --json PID, run in the probe's mount namespace (or in
-        that of process MOUNT_NS_OF: the broker's, whose view its helper reads)."""
-        r = run(["nsenter", "-t", str(mount_ns_of or self.pid), "-m", "--"] + SHOW + ["--json"]
-                + list(extra) + [str(self.pid)], env=repo_env())
+        that of process MOUNT_NS_OF: the broker's, whose view its helper
+        reads); with CGROUPNS in the probe's cgroup namespace too (the view
+        the set-user-ID helper judges by).  COMMAND replaces the
+        ``python -m cgnetns.cli.show`` (e.g. one that drops privilege)."""
+        cmd = ["nsenter", "-t", str(mount_ns_of or self.pid), "-m"]
+        if cgroupns:
+            cmd.append("--cgroup=/proc/%d/ns/cgroup" % self.pid)
+        cmd += ["--"] + list(command or SHOW) + ["--json"] + list(extra) + [str(self.pid)]
+        r = run(cmd, env=repo_env())
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
@@ -223,10 +254,14 @@ class Probe:
             self.proc.communicate(timeout=10)
 
 
-def compare(probe, token=None, mount_ns_of=None):
-    """Show the probe, let it exec the front, and check that both agree."""
-    d = probe.show(mount_ns_of=mount_ns_of)
-    rc, out, err = probe.exec_helper()
+def check_outcome(d, rc, out, err, token=None, says=None):
+    """The helper's outcome (status RC, OUT, ERR of the probe) is the one
+    cgnetns-show's document D announces: a join ran the program in the
+    approved namespace (set-user-ID path) or in its own with its socket
+    minted there (broker path); a pass-through ran it unchanged; a refusal
+    ran nothing, exited 125 and said, in one line, what HELPER_SAYS has for
+    the reason code (or SAYS, a pattern, where the helper names it
+    otherwise)."""
     verdict = d["verdict"]
     assert d["exec_path"] in resolve.EXEC_PATHS, d["exec_path"]
     assert (d["on_join"] is not None) == (verdict == "join")
@@ -250,12 +285,19 @@ def compare(probe, token=None, mount_ns_of=None):
         assert rc == 125, (d["reason"], rc, out, err)
         assert out == "", out  # nothing was run
         assert err.count("\n") == 1 and err.startswith("cgnetns-exec: "), err
-        pattern = HELPER_SAYS[d["reason_code"]]
+        pattern = says or HELPER_SAYS[d["reason_code"]]
         assert re.search(pattern, err), (d["reason_code"], err)
         if d["tagged_cgroup"] and d["category"] == "tag":
             assert d["tagged_cgroup"] in err, (d["tagged_cgroup"], err)
     else:
         pytest.fail("unexpected verdict %r" % verdict)
+
+
+def compare(probe, token=None, mount_ns_of=None, says=None, **show_kw):
+    """Show the probe, let it exec the front, and check that both agree."""
+    d = probe.show(mount_ns_of=mount_ns_of, **show_kw)
+    rc, out, err = probe.exec_helper()
+    check_outcome(d, rc, out, err, token, says)
     return d, rc, out, err
 
 
@@ -326,7 +368,8 @@ def test_broker_path_join_mints_the_programs_socket(clean_host, server, tmp_path
     approved one."""
     port, token = server
     with Build(name="show-broker-join") as b, system_broker(tmp_path) as broker:
-        p = Probe(b, unshare_net=True, wrap="--no-new-privs", port=port)
+        p = Probe(b, unshare_net=True, wrap="--no-new-privs", port=port,
+                  mount_ns=broker)
         try:
             d, rc, out, err = compare(p, token, mount_ns_of=broker)
         finally:
@@ -339,7 +382,7 @@ def test_broker_path_join_mints_the_programs_socket(clean_host, server, tmp_path
 def test_broker_path_outside_any_build_passes_through(clean_host, server, tmp_path):
     port, token = server
     with system_broker(tmp_path) as broker:
-        p = Probe(None, wrap="--no-new-privs", port=port)
+        p = Probe(None, wrap="--no-new-privs", port=port, mount_ns=broker)
         try:
             d, rc, out, err = compare(p, token, mount_ns_of=broker)
         finally:
@@ -356,7 +399,8 @@ def test_own_cgroup_namespace_is_refused_by_both(clean_host, server, tmp_path):
     step 0), although the build itself is intact."""
     port, token = server
     with Build(name="show-cgroupns") as b, system_broker(tmp_path) as broker:
-        p = Probe(b, unshare_net=True, wrap="unshare -U -C --map-root-user", port=port)
+        p = Probe(b, unshare_net=True, wrap="unshare -U -C --map-root-user", port=port,
+                  mount_ns=broker)
         try:
             d, rc, out, err = compare(p, token, mount_ns_of=broker)
         finally:
