@@ -1,26 +1,33 @@
 # cgnetns: top-level targets.  Run as root.
 #   make install     Python package (+ pyroute2, psutil) into $(PYTHON)'s environment,
 #                    commands in $(BINDIR), the helper setuid root, /etc/cgnetns/allow
-#                    when absent, contrib files.
+#                    when absent, contrib files, manual pages.  With DESTDIR: a
+#                    complete layout below DESTDIR (the package copied into
+#                    $(PYTHONDIR), no pip, nothing outside DESTDIR changed).
 #   make demo        a sandboxed build whose distcc reaches a distcc server
 #   make check       the test suite (root, real kernel)
 #   make bench       benchmarks (by hand; figures go to README.rst)
 
 PYTHON  ?= python3
-PREFIX  ?= /usr/local
-BINDIR  ?= $(PREFIX)/bin
-LIBDIR  ?= $(PREFIX)/lib/cgnetns
-MANDIR  ?= $(PREFIX)/share/man
-SYSCONFDIR ?= /etc
+# Every path: paths.mk (PREFIX, BINDIR, LIBDIR, MANDIR, SYSCONFDIR, ...), the
+# one place that names them for the helper, Python, contrib and the manuals.
+include paths.mk
 DESTDIR ?=
 # The real interpreter (python3 on PATH may be a pyenv shim): commands get it in
 # their shebang so that they work from any PATH.
 PYEXE   := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
+# Where a DESTDIR install puts the package: PYEXE's site directory below PREFIX
+# (packagers set their own, e.g. PYTHONDIR=/usr/lib/python3/dist-packages).
+PYTHONDIR ?= $(shell $(PYEXE) -c 'import sysconfig; print(sysconfig.get_path("purelib", \
+    "posix_prefix", {"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))')
+# The helper's build directory (helper/Makefile's B); rebuilt when the paths change.
+HELPER_BUILD ?=
 COMMANDS = cgnetns-run:run cgnetns-show:show cgnetns-gc:gc cgnetnsd:broker
 PYTEST_ARGS ?=
 
 .PHONY: check-unit lint all install install-deps install-python install-scripts install-helper \
-        install-config install-contrib install-man demo stress fuzz check check-deps check-python bench clean
+        install-config install-contrib install-man python-paths demo stress fuzz check check-deps \
+        check-python bench clean
 
 all:
 	$(MAKE) -C helper
@@ -30,16 +37,49 @@ install: install-deps install-python install-scripts install-helper install-conf
 install-deps:
 	@tools/ensure-deps build
 
-# Python reads its paths from what this install compiles into the helper
-# (cgnetns/paths.py).
+# cgnetns/_paths.py: what Python reads (cgnetns/paths.py), from the variables
+# that are compiled into the helper.  $(call write-paths-py,FILE)
+define write-paths-py
+	@mkdir -p $(dir $(1))
+	@$(PYEXE) -c 'import sys; out = sys.argv[1]; \
+	    lines = ["# written by make install from paths.mk (read by cgnetns/paths.py)\n"]; \
+	    lines += ["%s = %r\n" % tuple(a.split("=", 1)) for a in sys.argv[2:]]; \
+	    open(out + ".tmp", "w").write("".join(lines))' $(1) $(PATH_ARGS)
+	@mv -f $(1).tmp $(1)
+endef
+
+# In the checkout: what a plain `make install` installs with pip, and what a
+# packager that installs the package itself (the ebuild) runs first
+# (make python-paths PREFIX=... SYSCONFDIR=...).
 cgnetns/_paths.py: FORCE
-	@printf '# written by make install (cgnetns/paths.py)\nPREFIX = "%s"\nBINDIR = "%s"\nPKGLIBDIR = "%s"\nSYSCONFDIR = "%s"\n' \
-	    '$(PREFIX)' '$(BINDIR)' '$(LIBDIR)' '$(SYSCONFDIR)' > $@.tmp && mv -f $@.tmp $@
+	$(call write-paths-py,$@)
+
+python-paths: cgnetns/_paths.py
 
 FORCE:
 
+ifeq ($(DESTDIR),)
+# The running system: pip, into $(PYEXE)'s environment, with pyroute2 and psutil.
 install-python: cgnetns/_paths.py
 	$(PYEXE) -m pip install --quiet --root-user-action=ignore --disable-pip-version-check .
+else
+# A DESTDIR layout: the package's files copied, _paths.py written there (the
+# checkout's is left alone), compiled with the paths they will have.  No pip: it
+# would build in the checkout, need the network for its build environment and
+# take _paths.py from the checkout; dependencies are the packager's.
+PY_DEST = $(DESTDIR)$(PYTHONDIR)
+install-python:
+	@test -n "$(PYTHONDIR)" || { echo "install-python: no PYTHONDIR" >&2; exit 1; }
+	@cd cgnetns && find . -name '*.py' ! -name _paths.py ! -path '*/__pycache__/*' | sort | \
+	    while read -r f; do \
+	        install -D -m 644 "$$f" "$(PY_DEST)/cgnetns/$$f" || exit 1; done
+	$(call write-paths-py,$(PY_DEST)/cgnetns/_paths.py)
+	@chmod 644 $(PY_DEST)/cgnetns/_paths.py
+	@$(PYEXE) -m compileall -q -s $(DESTDIR) $(PY_DEST)/cgnetns >/dev/null
+	@echo "installed $(PY_DEST)/cgnetns"
+	@$(PYEXE) -c 'import sys; sys.exit("$(PYTHONDIR)" in sys.path)' && \
+	    echo "note: $(PYTHONDIR) is not on $(PYEXE)'s sys.path (set PYTHONDIR or PYEXE)" || true
+endif
 
 install-scripts:
 	install -d -m 755 $(DESTDIR)$(BINDIR)
@@ -53,24 +93,23 @@ install-scripts:
 	done
 
 install-helper:
-	$(MAKE) -C helper install DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) BINDIR=$(BINDIR) LIBDIR=$(LIBDIR) \
-	    SYSCONFDIR=$(SYSCONFDIR)
+	$(MAKE) -C helper install DESTDIR=$(DESTDIR) $(PATH_ARGS) $(if $(HELPER_BUILD),B=$(HELPER_BUILD))
 
 install-config:
-	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/cgnetns
-	@if [ ! -e $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow ]; then \
-	    tools/make-allow-list > $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow.tmp && \
-	    chmod 644 $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow.tmp && \
-	    mv $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow.tmp $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow && \
-	    echo "created $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow"; \
-	else echo "kept $(DESTDIR)$(SYSCONFDIR)/cgnetns/allow"; fi
+	install -d -m 755 $(DESTDIR)$(patsubst %/,%,$(dir $(ALLOW_PATH)))
+	@if [ ! -e $(DESTDIR)$(ALLOW_PATH) ]; then \
+	    tools/make-allow-list > $(DESTDIR)$(ALLOW_PATH).tmp && \
+	    chmod 644 $(DESTDIR)$(ALLOW_PATH).tmp && \
+	    mv $(DESTDIR)$(ALLOW_PATH).tmp $(DESTDIR)$(ALLOW_PATH) && \
+	    echo "created $(DESTDIR)$(ALLOW_PATH)"; \
+	else echo "kept $(DESTDIR)$(ALLOW_PATH)"; fi
 
 install-contrib:
 	@if [ -f contrib/Makefile ]; then $(MAKE) -C contrib install DESTDIR=$(DESTDIR) \
-	    PREFIX=$(PREFIX) BINDIR=$(BINDIR) MANDIR=$(MANDIR) PYEXE=$(PYEXE); fi
+	    $(PATH_ARGS) PYEXE=$(PYEXE); fi
 
 install-man:
-	@if [ -f doc/Makefile ]; then $(MAKE) -C doc install DESTDIR=$(DESTDIR) MANDIR=$(MANDIR); fi
+	@if [ -f doc/Makefile ]; then $(MAKE) -C doc install DESTDIR=$(DESTDIR) $(PATH_ARGS); fi
 
 demo:
 	@tools/ensure-deps demo
