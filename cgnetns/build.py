@@ -187,6 +187,44 @@ class Build:
         b._setup(make_cgroup=False, parent=None)
         return b
 
+    # (pid, cgroup path) of the process that enter() made a member: close()
+    # takes it back out first, and does nothing in a process forked from it.
+    _member = None
+
+    @classmethod
+    def enter(cls, name="build", **kw):
+        """Create a build and make the calling process a member of it.
+
+        Everything the caller starts from then on is in the build (Portage:
+        every phase, FEATURES=cgroup's cgroups below it).  ``close()`` first
+        moves the caller back to the cgroup it came from, since tearing the
+        build down kills every process in it; in a process forked from the
+        caller (which inherits this object) ``close()`` does nothing.
+        """
+        b = cls(name, **kw)
+        b.create()
+        try:
+            home = cgroups.to_abs(b.cgroup_root, cgroups.cgroup_of("self", b.proc))
+            b._member = (os.getpid(), home)
+            b.attach(0)
+        except BaseException:
+            b.close()
+            raise
+        return b
+
+    def _leave(self):
+        """Move the member back home (else to the cgroup2 root) before teardown."""
+        pid, home = self._member
+        for dest in (home, self.cgroup_root):
+            try:
+                cgroups.attach(dest, 0)
+                self._member = None
+                return
+            except OSError as e:
+                error = e
+        raise CgnetnsError("cannot take process %d out of build %s: %s" % (pid, self.id, error),
+                           "run cgnetns-gc once it has exited")
+
     def _setup(self, make_cgroup, parent):
         namespaces.ensure_run_dirs(self.run_dir)
         try:
@@ -255,6 +293,10 @@ class Build:
 
     def close(self):
         """Tear down what this build made, in reverse order; safe to call twice."""
+        if self._member is not None:
+            if os.getpid() != self._member[0]:
+                return  # forked from the member (enter): the build is its parent's
+            self._leave()
         if not self._made:
             return
         errors = []
