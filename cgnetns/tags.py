@@ -48,16 +48,22 @@ def parse_tag(raw):
     """Parse a tag value (bytes); raise TagFormatError when it is not version 1."""
     if len(raw) > TAG_MAX:
         raise TagFormatError("tag is %d bytes long (at most %d)" % (len(raw), TAG_MAX))
+    # In the helper's order (helper/parse.c, parse_tag): a NUL anywhere is
+    # malformed; then a version other than v1 ("v" and digits, then a blank
+    # or the end) is a version error, whatever follows; then v1, exactly.
+    if b"\0" in raw:
+        raise TagFormatError("tag %r contains a NUL byte" % raw[:80])
+    if not raw.startswith(b"v1 "):
+        m = re.match(rb"(v[0-9]+)(?: |\Z)", raw)
+        if m:
+            raise TagFormatError("tag has format version %s; this cgnetns reads v1"
+                                 % m.group(1).decode(), "use the cgnetns that made the build")
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
         raise TagFormatError("tag is not ASCII") from None
     m = _TAG_RE.match(text)
     if m is None:
-        version = text.split(" ", 1)[0]
-        if version != "v1" and re.match(r"v[0-9]+\Z", version):
-            raise TagFormatError("tag has format version %s; this cgnetns reads v1" % version,
-                                 "use the cgnetns that made the build")
         raise TagFormatError("tag %r does not parse as format v1" % text[:80])
     pin, dev, ino, nsid = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
     if max(dev, ino, nsid) >= 1 << 64 or not valid_id(pin):

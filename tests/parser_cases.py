@@ -47,6 +47,11 @@ TAG_CASES = [
     (b"v1 pin= dev=1 ino=1 nsid=0", "BAD"),
     (b"v2 pin=a dev=1 ino=1 nsid=0", "VERSION"),
     (b"v2", "VERSION"),
+    (b"v1", "VERSION"),                          # "v1" without its fields
+    (b"v2 pin=\xff", "VERSION"),                 # the version decides first
+    (b"v2 pin=a\x00", "BAD"),                    # a NUL first of all
+    (b"v12 x", "VERSION"),
+    (b"v1x pin=a dev=1 ino=1 nsid=0", "BAD"),
     (b"v", "BAD"),
     (b"V1 pin=a dev=1 ino=1 nsid=0", "BAD"),
     (b"", "BAD"),

@@ -437,12 +437,6 @@ def _tag_version(ctx):
 
 
 # The tag parser's classes, live: helper/parse.c parse_tag against
-# cgnetns/tags.py parse_tag (tests/parser_cases.py has neither case).
-TAGS_PY = ("cgnetns/tags.py parse_tag classifies it otherwise than helper/parse.c "
-           "(a NUL is BAD before anything; 'v<digits>' then a space or the end is "
-           "VERSION, whatever follows): not a file of this suite")
-
-
 def _raw_tag_scenario(value, code):
     def fn(ctx):
         with Build(name="show-rc-rawtag") as b:
@@ -454,7 +448,7 @@ def _raw_tag_scenario(value, code):
 for _value, _code, _name in ((b"v1", "tag-version", "v1-alone"),
                              (b"v2 pin=\xff", "tag-version", "v2-not-ascii"),
                              (b"v2 pin=a\x00", "tag-format", "v2-with-nul")):
-    scenario(_code, SUID, _name, xfail=TAGS_PY)(_raw_tag_scenario(_value, _code))
+    scenario(_code, SUID, _name)(_raw_tag_scenario(_value, _code))
 
 
 # -- refusals: the pin ---------------------------------------------------------
