@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 
+from . import paths
 from .topology import SYSTEM_PATH, DISTCC_PORT, Topology, TopologyError
 
-ALLOW_PATH = "/etc/cgnetns/allow"
+ALLOW_PATH = paths.ALLOW_PATH
 BUILD_USER = "nobody"
 
 

@@ -13,10 +13,10 @@ import os
 import stat
 from collections import namedtuple
 
-from . import _sys
+from . import _sys, paths
 from .errors import PinError
 
-RUN_DIR = "/run/cgnetns"
+RUN_DIR = paths.RUN_DIR
 PINS_SUBDIR = "pins"
 
 
