@@ -97,10 +97,10 @@ def _install_removal(b, policy, n):
 
 def run(sess):
     lat_n = sess.pick(100, 40)
-    reps = sess.pick(5, 2)
-    rounds = sess.pick(6, 2)
-    many_rounds = sess.pick(3, 1)
-    per_round = sess.pick(2, 1)   # client runs per round outside builds
+    reps = sess.pick(3, 2)
+    rounds = sess.pick(12, 2)     # data path: one build with, one without, each round
+    many_rounds = sess.pick(4, 1)
+    per_round = sess.pick(3, 1)   # client runs per round outside builds
     n_inst = sess.pick(200, 50)
     n_lib = sess.pick(200, 50)
     tcp = sess.tool("tcpbench")
@@ -155,18 +155,26 @@ def run(sess):
                 data[name][1].extend(xfer)
 
         # -- traffic outside builds, and install + removal, with 1,000 builds' filters
+        #    (rounds alternate which of the two is measured first)
         outside = {k: ([], []) for k in ("none", "many")}
         inst_many, setup_times = [], []
-        for r in range(many_rounds):
-            if egress.table_exists():
-                raise BenchError("an inet cgnetns table exists already (another build with a "
-                                 "policy runs on this host): no baseline without one")
-            sess.log("egress: outside builds, round %d/%d: no filter" % (r + 1, many_rounds))
+
+        def outside_runs(key, r):
+            sess.log("egress: outside builds, round %d/%d: %s" % (
+                r + 1, many_rounds, "no filter" if key == "none" else
+                "%d builds' filters" % N_BUILDS))
+            if key == "none" and egress.table_exists():
+                raise BenchError("an inet cgnetns table exists (another build with a policy "
+                                 "runs on this host): no baseline without one")
             for _ in range(per_round):
                 lat, xfer = _measure(sess, lambda: start_outside(client, user=BUILD_USER),
-                                     "outside")
-                outside["none"][0].extend(lat)
-                outside["none"][1].extend(xfer)
+                                     "outside (%s)" % key)
+                outside[key][0].extend(lat)
+                outside[key][1].extend(xfer)
+
+        for r in range(many_rounds):
+            if r % 2 == 0:
+                outside_runs("none", r)
             sess.log("egress: making %d builds with a policy each" % N_BUILDS)
             t0 = time.perf_counter()
             round_stack = Cleanup()
@@ -176,19 +184,15 @@ def run(sess):
                 setup_times.append((time.perf_counter() - t0) / N_BUILDS)
                 if len(egress.chains()) < N_BUILDS:
                     raise BenchError("only %d filters installed" % len(egress.chains()))
-                sess.log("egress: outside builds, round %d/%d: %d builds' filters"
-                         % (r + 1, many_rounds, N_BUILDS))
-                for _ in range(per_round):
-                    lat, xfer = _measure(sess, lambda: start_outside(client, user=BUILD_USER),
-                                         "outside, %d filters" % N_BUILDS)
-                    outside["many"][0].extend(lat)
-                    outside["many"][1].extend(xfer)
+                outside_runs("many", r)
                 sess.log("egress: install + removal beside %d filters" % N_BUILDS)
                 with signals_held():
                     b = Build(name="bench-egress-one").create()
                     round_stack.callback(b.close)
                 inst_many += _install_removal(b, policy, n_inst // many_rounds)
             sess.log("egress: removed the %d builds" % N_BUILDS)
+            if r % 2 == 1:
+                outside_runs("none", r)
 
         # -- install + removal as the only build with a filter; the whole library call
         sess.log("egress: install + removal, the only build with a filter")
