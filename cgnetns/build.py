@@ -206,11 +206,25 @@ class Build:
         try:
             home = cgroups.to_abs(b.cgroup_root, cgroups.cgroup_of("self", b.proc))
             b._member = (os.getpid(), home)
+            os.register_at_fork(after_in_child=b._drop_record_in_child)
             b.attach(0)
         except BaseException:
             b.close()
             raise
         return b
+
+    def _drop_record_in_child(self):
+        """In a process forked from the member (Portage forks and waits without
+        exec, e.g. around a pid-sandbox), close the record: the run lives as
+        long as the member does, not as long as a forked copy of it (the lock
+        stays with the member, whose descriptor still holds it)."""
+        if self._member is not None and self._record_fd is not None \
+                and os.getpid() != self._member[0]:
+            fd, self._record_fd = self._record_fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _leave(self):
         """Move the member back home (else to the cgroup2 root) before teardown."""
