@@ -1,20 +1,55 @@
-"""Hostile input at volume against a real cgnetnsd on a private socket
-(THREATS.md 15): hypothesis-driven malformed requests, a flood of simultaneous
-connections, slow clients, descriptor floods.  Between and after them the
-daemon must keep serving a valid request; its fd count must return to where it
-started; its RSS is reported."""
+"""Hostile clients against a real cgnetnsd on a private socket (THREATS 15
+and 25), at volume (``python -m stress --hostile``) and in short
+(tests/test_hostile.py).
 
+The broker reads nothing: it accepts, counts requests in progress per uid
+(--max-pending-per-uid, default 32) and in all (--max-pending, 256), closes a
+connection over either cap at once, and starts ``cgnetns-helper --supervise``
+with the connection, which reads the request with recv() (descriptors sent
+with it are discarded by the kernel) under a deadline of HANDSHAKE_SECONDS.
+So:
+
+fuzz      hypothesis-made requests (bad magic and flags, names empty, too
+          long, with NUL, lengths that lie, truncated, split, with up to 253
+          descriptors): each one is answered with a well-formed line or closed,
+          within the deadline; a valid request is served between them
+fds       descriptors sent before (and with) the header are never received:
+          no process but the sender holds them while the helper waits for the
+          rest of the request
+flood     N connections from ANOTHER uid (4242), each holding an unfinished
+          request: at most --max-pending-per-uid of them get a helper (closed
+          at the deadline), the rest are closed at once, and the build user
+          (nobody) is served first try meanwhile
+slow      clients that dribble their request past the deadline are closed by
+          it; slow ones within it are served; others are served meanwhile
+oversize  a request announcing and streaming 4 MiB: refused after its header,
+          the broker's RSS does not move
+After all of them the broker still serves, and its descriptor count and RSS
+are back where they started.
+"""
+
+import json
 import os
+import re
+import select
 import socket
 import struct
+import subprocess
+import threading
 import time
 
-from cgnetns.broker import HEADER, encode_request
+from cgnetns.broker import HANDSHAKE_SECONDS, HEADER, MAGIC, NAME_MAX, encode_request
 
 from . import common
-from .common import PROBE
+from .common import PROBE, USER_PY
 
-VALID_ARGV = [PROBE, "/proc/self/ns/net"]
+VALID = encode_request(PROBE)
+PASS = b"pass " + PROBE.encode() + b"\n"
+ANSWER_RE = re.compile(rb"\A(pass /[^\n]*\n|refuse \d{1,3}( [^\n]*)?\n)\Z")
+ATTACKER_UID = 4242
+BUILD_UID = 65534
+SCM_MAX_FD = 253          # descriptors one message may carry (Linux)
+SIOCOUTQ = 0x5411         # bytes we sent that the peer has not read yet
 
 
 def _sendmsg(sock, data, fds=()):
@@ -22,14 +57,17 @@ def _sendmsg(sock, data, fds=()):
     return sock.sendmsg([data], anc)
 
 
-def _answer(sock, timeout):
-    """Everything the broker sends until it closes, or None on timeout."""
-    sock.settimeout(timeout)
+def read_until_closed(sock, timeout):
+    """Everything the broker sends until the connection closes, or None when
+    it is still open after TIMEOUT seconds."""
     got = b""
     deadline = time.monotonic() + timeout
     try:
         while True:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            sock.settimeout(left)
             b = sock.recv(4096)
             if not b:
                 return got
@@ -40,92 +78,116 @@ def _answer(sock, timeout):
         return got
 
 
-def valid_request(path, timeout=15):
-    """Send one valid request (the peer, this process, is in no build: the answer
-    is "pass /usr/bin/readlink"); True when it is served."""
+def ask(path, data, timeout=2 * HANDSHAKE_SECONDS + 2, fds=()):
+    """Send DATA (with FDS), end our side, return the answer (None: no
+    close within TIMEOUT)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         s.settimeout(timeout)
         s.connect(path)
-        hdr, payload = encode_request(VALID_ARGV, [b"PATH=/usr/bin:/bin"], [-1])
-        _sendmsg(s, hdr + payload, [cwd])
-        ans = _answer(s, timeout)
-        return ans is not None and ans.startswith(b"pass " + PROBE.encode())
-    except OSError:
-        return False
+        try:
+            if data or fds:
+                _sendmsg(s, data or b"\0", fds)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        return read_until_closed(s, timeout)
     finally:
-        os.close(cwd)
         s.close()
 
 
-def valid_with_retry(path, within):
-    """Served within WITHIN seconds, retrying when dropped; (served, tries, seconds)."""
-    t0 = time.monotonic()
-    tries = 0
+def valid_request(path, timeout=2 * HANDSHAKE_SECONDS + 2):
+    """One valid request from this process (root, in no build): served when
+    the answer is "pass PROBE"."""
+    try:
+        return ask(path, VALID, timeout) == PASS
+    except OSError:
+        return False
+
+
+# A valid request as another user: (answer, seconds), printed as JSON.
+_CLIENT = r"""
+import json, socket, sys, time
+t = time.monotonic()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(float(sys.argv[3]))
+ans = b""
+try:
+    s.connect(sys.argv[1])
+    s.sendall(bytes.fromhex(sys.argv[2]))
     while True:
-        tries += 1
-        if valid_request(path):
-            return True, tries, time.monotonic() - t0
-        if time.monotonic() - t0 > within:
-            return False, tries, time.monotonic() - t0
-        time.sleep(0.1)
+        b = s.recv(4096)
+        if not b:
+            break
+        ans += b
+except OSError as e:
+    ans += ("<%s>" % e).encode()
+print(json.dumps([ans.decode(errors="replace"), time.monotonic() - t]))
+"""
+
+
+def valid_as(path, uid, timeout=2 * HANDSHAKE_SECONDS + 2):
+    """A valid request from a process of UID (in no build): (served, seconds
+    from connect to the answer, answer)."""
+    r = subprocess.run(["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
+                        "--", USER_PY, "-c", _CLIENT, path, VALID.hex(), str(timeout)],
+                       capture_output=True, timeout=timeout + 30, cwd="/")
+    try:
+        ans, secs = json.loads(r.stdout)
+    except ValueError:
+        return False, None, (r.stdout + r.stderr).decode(errors="replace")
+    return ans.encode() == PASS, secs, ans
 
 
 # ---------------------------------------------------------------------------
 # hypothesis: malformed, truncated, oversized requests
 
-def fuzz_requests(path, cases, daemon, res, seed=None):
-    from hypothesis import HealthCheck, given, settings, strategies as st
+def fuzz_requests(path, cases, daemon, res, check_every=100):
+    from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-    valid_hdr, valid_payload = encode_request(VALID_ARGV, [b"A=1"], [-1])
-    strings = st.lists(st.binary(max_size=40), min_size=0, max_size=6)
+    names = st.one_of(
+        st.binary(max_size=60),
+        st.sampled_from([PROBE.encode(), os.path.basename(PROBE).encode(), b"/usr/bin/../bin/readlink",
+                         b"/", b"", b"x" * (NAME_MAX - 1), b"x" * NAME_MAX, b"read\0link",
+                         b"\n" + PROBE.encode(), PROBE.encode() + b"\n"])).map(bytes)
 
     @st.composite
     def request(draw):
-        kind = draw(st.sampled_from(["structured", "mutated", "raw"]))
+        kind = draw(st.sampled_from(["structured", "structured", "mutated", "raw"]))
         if kind == "structured":
-            argv = draw(strings)
-            env = draw(strings)
-            nums = draw(st.lists(st.integers(-5, 1100), max_size=5))
-            fdnums = ([-1] if draw(st.booleans()) else []) + nums
-            body = b"".join(a + b"\0" for a in argv + env)
+            name = draw(names)
+            magic = draw(st.sampled_from([MAGIC, MAGIC, MAGIC, b"CGN1", b"\0\0\0\0", b"cgn2"]))
+            flags = draw(st.sampled_from([0, 0, 0, 1, 2 ** 31, 2 ** 32 - 1]))
+            n = draw(st.sampled_from([len(name), len(name), len(name) + 1, max(0, len(name) - 1),
+                                      0, NAME_MAX - 1, NAME_MAX, 2 ** 32 - 1]))
+            data = HEADER.pack(magic, flags, n) + name
             if draw(st.booleans()):
-                body = draw(st.binary(max_size=80))
-            payload = struct.pack("=II", draw(st.sampled_from([len(argv), 0, 1, 70000, 2**32 - 1])),
-                                  draw(st.sampled_from([len(env), 0, 70000]))) + \
-                struct.pack("=%di" % len(fdnums), *fdnums) + body
-            length = draw(st.sampled_from([len(payload), len(payload) + 1, max(0, len(payload) - 1),
-                                           0, 7, 4 << 20, (4 << 20) + 1, 2**32 - 1]))
-            nfds_hdr = draw(st.sampled_from([len(fdnums), 0, 1, 65, 66, 2**32 - 1]))
-            magic = draw(st.sampled_from([b"CGN1", b"CGN2", b"\0\0\0\0"]))
-            flags = draw(st.sampled_from([0, 0, 1, 2**31]))
-            data = HEADER.pack(magic, length, nfds_hdr, flags) + payload
+                data += draw(st.binary(max_size=40))    # trailing bytes
         elif kind == "mutated":
-            data = bytearray(valid_hdr + valid_payload)
+            data = bytearray(VALID)
             for _ in range(draw(st.integers(1, 6))):
-                i = draw(st.integers(0, len(data) - 1))
-                data[i] = draw(st.integers(0, 255))
+                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
             data = bytes(data)
         else:
             data = draw(st.binary(max_size=200))
-        cut = draw(st.sampled_from([None, None, 0, 1, 15, 16, 17]))
+        cut = draw(st.sampled_from([None, None, None, 0, 1, 4, 8, 11, 12, 13]))
         if cut is not None:
             data = data[:cut]
-        nfds = draw(st.sampled_from([0, 1, 1, 1, 2, 65, 66, 200]))
+        nfds = draw(st.sampled_from([0, 0, 1, 2, 65, SCM_MAX_FD]))
         split = draw(st.booleans())
         return data, nfds, split
 
-    counters = {"cases": 0, "answered": 0, "closed": 0, "hung": 0}
+    counters = {"cases": 0, "answered": 0, "closed": 0, "hung": 0, "bad_answers": [],
+                "joins": 0, "valid_checks": 0, "check_every": check_every}
 
-    @settings(max_examples=cases, deadline=None, database=None, derandomize=seed is not None,
-              suppress_health_check=list(HealthCheck), phases=None if False else
-              [__import__("hypothesis").Phase.generate])
+    @settings(max_examples=cases, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
     @given(request())
     def case(req):
         data, nfds, split = req
         counters["cases"] += 1
-        fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(nfds)]
+        devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        fds = [devnull] * nfds
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             s.connect(path)
@@ -138,141 +200,350 @@ def fuzz_requests(path, cases, daemon, res, seed=None):
                 s.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            ans = _answer(s, 15)
-            if ans is None:
-                counters["hung"] += 1
-            elif ans:
-                counters["answered"] += 1
-            else:
-                counters["closed"] += 1
+            ans = read_until_closed(s, 2 * HANDSHAKE_SECONDS + 2)
         finally:
             s.close()
-            for fd in fds:
-                os.close(fd)
+            os.close(devnull)
+        if ans is None:
+            counters["hung"] += 1
+        elif ans:
+            counters["answered"] += 1
+            if ans.startswith(b"join"):
+                counters["joins"] += 1
+            if not ANSWER_RE.match(ans) and len(counters["bad_answers"]) < 5:
+                counters["bad_answers"].append((data[:80], ans[:200]))
+        else:
+            counters["closed"] += 1
         assert daemon.alive(), "cgnetnsd died"
-        if counters["cases"] % 500 == 0:
-            assert valid_request(path), "a valid request was not served after %d cases" % counters["cases"]
+        if counters["cases"] % check_every == 0:
+            counters["valid_checks"] += 1
+            assert valid_request(path), "a valid request was not served after %d cases" \
+                % counters["cases"]
 
     case()
     res["fuzz"] = counters
 
 
-# ---------------------------------------------------------------------------
-# floods
+def oversized(path, res, size=4 << 20):
+    """A header announcing SIZE bytes, and SIZE bytes streamed after it: the
+    helper refuses after the header; the broker reads none of it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sent = [0]
 
-def connection_flood(path, n, res, within):
-    """N connections at once, each holding an incomplete request open."""
-    socks = []
-    refused = 0
+    def stream():
+        chunk = b"x" * 65536
+        try:
+            s.sendall(HEADER.pack(MAGIC, 0, size))
+            while sent[0] < size:
+                sent[0] += s.send(chunk)
+        except OSError:
+            pass
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            s.settimeout(2)
-            try:
-                s.connect(path)
-                s.send(b"CGN1")   # a header that never ends
-            except OSError:
-                refused += 1
-            socks.append(s)
-        first = valid_request(path, timeout=5)
-        served, tries, secs = valid_with_retry(path, within)
-        res["flood"] = {"connections": n, "dropped_at_connect": refused,
-                        "valid_first_try": first, "valid_served": served,
-                        "valid_tries": tries, "valid_seconds": round(secs, 2)}
+        s.connect(path)
+        t = threading.Thread(target=stream)
+        t.start()
+        ans = read_until_closed(s, 2 * HANDSHAKE_SECONDS + 2)
+        t.join(30)
     finally:
-        for s in socks:
-            s.close()
+        s.close()
+    res["oversize"] = {"announced": size, "sent_before_close": sent[0],
+                       "answer": (ans or b"").decode(errors="replace").strip()}
 
 
-def slow_clients(path, n, res, byte_interval):
-    """N clients each sending a valid request a few bytes at a time; valid
-    requests from others are served meanwhile."""
-    import threading
-    hdr, payload = encode_request(VALID_ARGV, [b"SLOW=1"], [-1])
-    data = hdr + payload
-    results = []
+# ---------------------------------------------------------------------------
+# descriptors before a header
 
-    def slow():
+def _holders(marker, exclude):
+    """PIDs (other than EXCLUDE) that hold a descriptor whose target
+    contains MARKER."""
+    found = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in exclude:
+            continue
+        try:
+            for fd in os.listdir("/proc/%s/fd" % d):
+                try:
+                    if marker in os.readlink("/proc/%s/fd/%s" % (d, fd)):
+                        found.add(int(d))
+                        break
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    return sorted(found)
+
+
+def _unread(sock):
+    import fcntl
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+
+
+def fds_before_header(path, rounds, res, timeout=HANDSHAKE_SECONDS - 1):
+    """Each round sends SCM_MAX_FD descriptors of a memfd of its own with the
+    first bytes of a request (before the header is complete: at its first
+    byte, its eighth, or with the whole header but a name still missing),
+    waits until the helper has read those bytes, and looks for any process
+    but us that holds the memfd; then completes the request."""
+    rounds_res = []
+    for i in range(rounds):
+        marker = "cgnetns-hostile-%d-%s" % (os.getpid(), os.urandom(4).hex())
+        mfd = os.memfd_create(marker, os.MFD_CLOEXEC)
+        cut = (1, 8, len(VALID) - 2)[i % 3]
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        r = {"cut": cut, "read": False, "holders": None, "answer": None}
         try:
             s.connect(path)
-            _sendmsg(s, data[:1], [cwd])
-            for i in range(1, len(data), 4):
-                time.sleep(byte_interval)
-                s.send(data[i:i + 4])
-            results.append(_answer(s, 20))
-        except OSError:
-            results.append(b"")
+            _sendmsg(s, VALID[:cut], [mfd] * SCM_MAX_FD)
+            deadline = time.monotonic() + timeout
+            while _unread(s) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            r["read"] = _unread(s) == 0
+            r["holders"] = _holders(marker, {os.getpid()})
+            s.sendall(VALID[cut:])
+            s.shutdown(socket.SHUT_WR)
+            ans = read_until_closed(s, 2 * HANDSHAKE_SECONDS + 2)
+            r["answer"] = None if ans is None else ans.decode(errors="replace")
         finally:
-            os.close(cwd)
             s.close()
+            os.close(mfd)
+        rounds_res.append(r)
+    res["fds"] = {"rounds": rounds, "descriptors_sent": rounds * SCM_MAX_FD,
+                  "read_by_helper": sum(r["read"] for r in rounds_res),
+                  "held_by_others": sorted({p for r in rounds_res for p in r["holders"] or ()}),
+                  "served": sum(r["answer"] == PASS.decode() for r in rounds_res),
+                  "answers": sorted({str(r["answer"]) for r in rounds_res})}
 
-    threads = [threading.Thread(target=slow) for _ in range(n)]
+
+# ---------------------------------------------------------------------------
+# a flood from another uid
+
+_FLOOD = r"""
+import json, select, socket, sys, time
+path, n, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+socks, opened, refused = [], {}, 0
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        s.send(b"CGN2")          # a header that never ends
+    except OSError:
+        refused += 1
+        s.close()
+        continue
+    s.setblocking(False)
+    opened[s.fileno()] = time.monotonic()
+    socks.append(s)
+print("parked %d" % len(socks), flush=True)
+p = select.poll()
+for s in socks:
+    p.register(s, select.POLLIN)
+lived, left = [], {s.fileno(): s for s in socks}
+end = time.monotonic() + wait
+while left and time.monotonic() < end:
+    for fd, ev in p.poll(100):
+        s = left[fd]
+        try:
+            if s.recv(64):
+                continue         # an answer line: the close follows
+        except BlockingIOError:
+            continue
+        except OSError:
+            pass
+        lived.append(time.monotonic() - opened[fd])
+        p.unregister(fd)
+        del left[fd]
+print(json.dumps({"connected": len(socks), "refused_at_connect": refused,
+                  "lived": sorted(lived), "still_open": len(left)}), flush=True)
+"""
+
+
+PER_UID_CAP = 32   # cgnetnsd's default --max-pending-per-uid
+
+
+def flood_from_other_uid(path, n, res, uid=ATTACKER_UID, checks=3, cap=PER_UID_CAP):
+    """N connections from UID, each with an unfinished request; meanwhile
+    CHECKS valid requests from the build user (nobody).  res["flood"]: how
+    long the attacker's connections lived, and how the build user fared."""
+    wait = 2 * HANDSHAKE_SECONDS + 3
+    att = subprocess.Popen(["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
+                            "--", USER_PY, "-c", _FLOOD, path, str(n), str(wait)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    try:
+        first = att.stdout.readline().decode().split()
+        if first[:1] != ["parked"]:
+            raise RuntimeError("the attacker failed: %r %s" % (first, att.stderr.read()[-500:]))
+        t_parked = time.monotonic()
+        checks_res = [valid_as(path, BUILD_UID) for _ in range(checks)]
+        checks_done = time.monotonic() - t_parked
+        doc = json.loads(att.stdout.readline())
+        att.wait(30)
+    finally:
+        if att.poll() is None:
+            att.kill()
+            att.wait()
+        att.stdout.close()
+        att.stderr.close()
+    lived = doc["lived"]
+    res["flood"] = {
+        "uid": uid, "cap": cap, "connections": n, "connected": doc["connected"],
+        "refused_at_connect": doc["refused_at_connect"],
+        # dropped over the cap: closed at accept; given a helper: closed by
+        # its deadline, at least HANDSHAKE_SECONDS after the connect
+        "closed_at_once": sum(1 for x in lived if x < HANDSHAKE_SECONDS / 2),
+        "held_to_deadline": sum(1 for x in lived if x >= HANDSHAKE_SECONDS / 2),
+        "shortest_held_s": round(min([x for x in lived if x >= HANDSHAKE_SECONDS / 2] or [0]), 2),
+        "longest_s": round(max(lived), 2) if lived else None,
+        "still_open": doc["still_open"],
+        "build_user_served": sum(1 for ok, _, _ in checks_res if ok),
+        "build_user_tries": checks,
+        "build_user_slowest_s": round(max((s or 99) for _, s, _ in checks_res), 3),
+        "build_user_answers": sorted({a for _, _, a in checks_res}),
+        "checks_took_s": round(checks_done, 2)}
+
+
+# ---------------------------------------------------------------------------
+# slow clients
+
+def slow_clients(path, res, slowloris=8, interval=0.75, patient=4, others=3):
+    """SLOWLORIS clients send one byte of a valid request every INTERVAL
+    seconds (past the deadline: closed by it); PATIENT clients send theirs
+    in four pieces over about two seconds (within it: served); meanwhile
+    OTHERS valid requests from the build user are served."""
+    results = {"slowloris": [], "patient": []}
+    lock = threading.Lock()
+
+    def loris():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        t0 = time.monotonic()
+        closed_after, ans = None, b""
+        try:
+            s.connect(path)
+            for i in range(len(VALID)):
+                try:
+                    s.send(VALID[i:i + 1])
+                except OSError:
+                    closed_after = time.monotonic() - t0
+                    break
+                # the pace of the dribble: wait INTERVAL, or less if closed
+                r, _, _ = select.select([s], [], [], interval)
+                if r:
+                    b = s.recv(4096)
+                    ans += b
+                    if not b:
+                        closed_after = time.monotonic() - t0
+                        break
+            else:
+                more = read_until_closed(s, 2 * HANDSHAKE_SECONDS + 2)
+                ans += more or b""
+                closed_after = time.monotonic() - t0 if more is not None else None
+        except OSError:
+            closed_after = time.monotonic() - t0
+        finally:
+            s.close()
+        with lock:
+            results["slowloris"].append((closed_after, ans))
+
+    def patient_client():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        ans = None
+        try:
+            s.connect(path)
+            q = (len(VALID) + 3) // 4
+            for i in range(0, len(VALID), q):
+                s.send(VALID[i:i + q])
+                if i + q < len(VALID):
+                    time.sleep(0.6)   # the client's pace (within the deadline)
+            ans = read_until_closed(s, 2 * HANDSHAKE_SECONDS + 2)
+        except OSError:
+            pass
+        finally:
+            s.close()
+        with lock:
+            results["patient"].append(ans)
+
+    threads = [threading.Thread(target=loris) for _ in range(slowloris)]
+    threads += [threading.Thread(target=patient_client) for _ in range(patient)]
     for t in threads:
         t.start()
-    during = [valid_request(path) for _ in range(5)]
+    during = [valid_as(path, BUILD_UID) for _ in range(others)]
     for t in threads:
-        t.join()
-    res["slow"] = {"clients": n, "served": sum(1 for r in results if r and r.startswith(b"pass")),
-                   "dropped": sum(1 for r in results if not r),
-                   "valid_during": sum(during), "valid_tries": len(during)}
+        t.join(4 * HANDSHAKE_SECONDS + 10)
+    closed = [c for c, _ in results["slowloris"] if c is not None]
+    res["slow"] = {
+        "slowloris": slowloris, "interval_s": interval,
+        "slowloris_closed": len(closed),
+        "slowloris_answers": sorted({a.decode(errors="replace") for _, a in results["slowloris"]}),
+        "slowloris_closed_after_s": (round(min(closed), 2), round(max(closed), 2)) if closed else None,
+        "patient": patient, "patient_served": sum(1 for a in results["patient"] if a == PASS),
+        "others_served": sum(1 for ok, _, _ in during if ok), "others": others}
 
 
-def fd_flood(path, rounds, res):
-    """Requests carrying the most descriptors one message may carry (253), more
-    than announced, spread over messages, and left unread."""
-    sent = 0
-    for i in range(rounds):
-        fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(253)]
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+def join_stalled(path, res):
+    """A client in a real build (cgnetns.build.Build, the driver's namespace
+    approved; the client as nobody in a namespace of its own) gets "join"
+    and then never sends its listener: the supervisor's deadline closes the
+    connection, and the supervisor is gone with it."""
+    from cgnetns.build import Build
+    script = (
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "s.settimeout(%d)\n"
+        "s.connect(sys.argv[1])\n"
+        "s.sendall(bytes.fromhex(sys.argv[2]))\n"
+        "t = time.monotonic()\n"
+        "ans = b''\n"
+        "while True:\n"
+        "    b = s.recv(4096)\n"
+        "    if not b:\n"
+        "        break\n"
+        "    ans += b\n"
+        "print(repr(ans), round(time.monotonic() - t, 2), flush=True)\n"
+        % (4 * HANDSHAKE_SECONDS))
+    with Build(name="hostile-join") as b:
+        p = b.spawn([USER_PY, "-c", script, path, VALID.hex()], user="nobody", unshare_net=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         try:
-            s.connect(path)
-            hdr, payload = encode_request(VALID_ARGV, [], [-1])
-            try:
-                if i % 3 == 0:
-                    _sendmsg(s, hdr + payload, fds)
-                elif i % 3 == 1:
-                    _sendmsg(s, hdr, fds[:60])
-                    _sendmsg(s, payload, fds[60:120])
-                else:
-                    _sendmsg(s, hdr[:8], fds)   # and then nothing: held until the deadline
-                sent += len(fds)
-            except OSError:
-                pass
-            if i % 3 != 2:
-                _answer(s, 5)
+            out, err = p.communicate(timeout=4 * HANDSHAKE_SECONDS + 10)
         finally:
-            s.close()
-            for fd in fds:
-                os.close(fd)
-    res["fdflood"] = {"requests": rounds, "descriptors_sent": sent,
-                      "valid_after": valid_request(path)}
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        procs_path = os.path.join(b.cgroup_path, "cgroup.procs")
+        deadline = time.monotonic() + 10
+        while True:   # the supervisor lives in the build's cgroup until it ends
+            with open(procs_path) as f:
+                left = f.read().split()
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+    parts = out.decode().rsplit(" ", 1)
+    res["join_stalled"] = {"answer": parts[0] if len(parts) == 2 else out.decode(),
+                           "closed_after_s": float(parts[1]) if len(parts) == 2 else None,
+                           "left_in_build": left, "stderr": err.decode(errors="replace")[-300:]}
 
 
-def run(cases=300, connections=1000, slow=40, fdrounds=60, request_timeout=None,
-        max_connections=None):
+# ---------------------------------------------------------------------------
+
+def run(cases=2000, connections=1000, fdrounds=30):
     res = {"errors": []}
     with common.Cleanup() as cl:
         tdir = common.make_tdir(cl, "hostile")
         common.allow_probe(cl)
         path = os.path.join(tdir, "cgnetnsd.sock")
-        extra = []
-        if request_timeout is not None:
-            extra += ["--request-timeout", str(request_timeout)]
-        if max_connections is not None:
-            extra += ["--max-connections", str(max_connections)]
-        daemon = common.Daemon(cl, socket_path=path, tdir=tdir, extra=extra,
+        daemon = common.Daemon(cl, socket_path=path, tdir=tdir,
                                log=os.path.join(tdir, "cgnetnsd.log"))
-        rt = request_timeout or 10.0
-        assert valid_request(path), "the fresh daemon does not serve a valid request"
-        time.sleep(0.2)
-        res["fds_start"], res["rss_start"] = daemon.fds(), daemon.rss()
+        if not valid_request(path):
+            raise RuntimeError("the fresh broker does not serve a valid request: %s"
+                               % daemon.text()[-1000:])
+        res["fds_start"], res["rss_start"] = daemon.idle_fds(), daemon.rss()
         t0 = time.monotonic()
         steps = [("fuzz", lambda: fuzz_requests(path, cases, daemon, res)),
-                 ("flood", lambda: connection_flood(path, connections, res, rt + 5)),
-                 ("slow", lambda: slow_clients(path, slow, res, 0.02)),
-                 ("fdflood", lambda: fd_flood(path, fdrounds, res))]
+                 ("oversize", lambda: oversized(path, res)),
+                 ("fds", lambda: fds_before_header(path, fdrounds, res)),
+                 ("flood", lambda: flood_from_other_uid(path, connections, res)),
+                 ("slow", lambda: slow_clients(path, res)),
+                 ("join_stalled", lambda: join_stalled(path, res))]
         for name, fn in steps:
             try:
                 fn()
@@ -282,47 +553,105 @@ def run(cases=300, connections=1000, slow=40, fdrounds=60, request_timeout=None,
                 res["errors"].append("cgnetnsd died during %s" % name)
                 break
         res["duration"] = time.monotonic() - t0
-        res["valid_after"] = valid_with_retry(path, rt + 5)[0]
-        res["fds_end"] = daemon.settle_fds(res["fds_start"], timeout=rt + 5)
+        res["valid_after"] = valid_request(path)
+        res["fds_end"] = daemon.settle_fds(res["fds_start"], timeout=2 * HANDSHAKE_SECONDS + 5)
         res["rss_end"] = daemon.rss()
         res["alive"] = daemon.alive()
-        with open(os.path.join(tdir, "cgnetnsd.log"), "rb") as f:
-            log = f.read()
-        res["log_lines"] = log.count(b"\n")
-        res["log_too_many"] = log.count(b"too many connections")
+        res["log_lines"] = daemon.text().count("\n")
     return res
 
 
+RSS_SLACK_KIB = 2048   # what an interpreter's allocator may keep after a burst
+
+
+def problems(res):
+    """What went wrong, as sentences (empty: all well)."""
+    out = list(res["errors"])
+    if not res.get("alive"):
+        out.append("the broker died")
+    if not res.get("valid_after"):
+        out.append("no valid request served at the end")
+    if res.get("fds_end") != res.get("fds_start"):
+        out.append("broker descriptors %s at the start, %s at the end"
+                   % (res.get("fds_start"), res.get("fds_end")))
+    if (res.get("rss_end") or 0) > (res.get("rss_start") or 0) + RSS_SLACK_KIB:
+        out.append("broker RSS %s KiB at the start, %s at the end"
+                   % (res.get("rss_start"), res.get("rss_end")))
+    f = res.get("fuzz")
+    if f:
+        if f["hung"] or f["bad_answers"] or f["joins"]:
+            out.append("fuzz: %d hung, %d joins, bad answers %r" % (f["hung"], f["joins"],
+                                                                   f["bad_answers"]))
+    o = res.get("oversize")
+    if o and not o["answer"].startswith("refuse 125 "):
+        out.append("oversized request answered %r" % o["answer"])
+    d = res.get("fds")
+    if d and (d["held_by_others"] or d["served"] != d["rounds"] or d["read_by_helper"] != d["rounds"]):
+        out.append("descriptors before a header: %r" % d)
+    f = res.get("flood")
+    if f and (f["build_user_served"] != f["build_user_tries"] or f["still_open"]
+              or f["held_to_deadline"] > f["cap"] or f["build_user_slowest_s"] > 2
+              or (f["held_to_deadline"] and f["shortest_held_s"] < HANDSHAKE_SECONDS - 0.5)
+              or (f["longest_s"] or 0) > 2 * HANDSHAKE_SECONDS + 1):
+        out.append("flood from uid %d: %r" % (f["uid"], f))
+    s = res.get("slow")
+    if s and (s["slowloris_closed"] != s["slowloris"] or s["patient_served"] != s["patient"]
+              or s["others_served"] != s["others"]
+              or not (HANDSHAKE_SECONDS - 0.5 <= s["slowloris_closed_after_s"][0]
+                      and s["slowloris_closed_after_s"][1] <= 2 * HANDSHAKE_SECONDS + 1)):
+        out.append("slow clients: %r" % s)
+    j = res.get("join_stalled")
+    if j and (not j["answer"].startswith("b'join ") or j["left_in_build"]
+              or not (HANDSHAKE_SECONDS - 0.5 <= (j["closed_after_s"] or 0)
+                      <= 2 * HANDSHAKE_SECONDS + 1)):
+        out.append("stalled after join: %r" % j)
+    return out
+
+
 def ok(res):
-    return (not res["errors"] and res["alive"] and res["valid_after"]
-            and res["fds_end"] == res["fds_start"]
-            and res.get("fuzz", {}).get("hung", 1) == 0
-            and res.get("flood", {}).get("valid_served")
-            and res.get("slow", {}).get("valid_during") == res.get("slow", {}).get("valid_tries")
-            and res.get("fdflood", {}).get("valid_after"))
+    return not problems(res)
 
 
 def report(res, out=print):
-    out("cgnetnsd under hostile input (%.1f s)" % res.get("duration", 0))
+    out("cgnetnsd under hostile clients (%.1f s)" % res.get("duration", 0))
     if "fuzz" in res:
         f = res["fuzz"]
-        out("  hypothesis requests: %d cases, %d answered, %d closed, %d hung"
-            % (f["cases"], f["answered"], f["closed"], f["hung"]))
+        out("  hypothesis requests: %d cases, %d answered, %d closed without an answer, %d hung, "
+            "%d joins, %d malformed answers; a valid request served after every %d"
+            % (f["cases"], f["answered"], f["closed"], f["hung"], f["joins"],
+               len(f["bad_answers"]), f["check_every"]))
+    if "oversize" in res:
+        o = res["oversize"]
+        out("  %d-byte request: %r after %d bytes sent" % (o["announced"], o["answer"],
+                                                          o["sent_before_close"]))
+    if "fds" in res:
+        d = res["fds"]
+        out("  descriptors before a header: %d rounds, %d descriptors, read by the helper "
+            "in %d, held by another process: %s; served %d"
+            % (d["rounds"], d["descriptors_sent"], d["read_by_helper"],
+               d["held_by_others"] or "none", d["served"]))
     if "flood" in res:
         f = res["flood"]
-        out("  %d simultaneous connections: valid request served first try: %s; served: %s "
-            "(%d tries, %.1f s)" % (f["connections"], f["valid_first_try"], f["valid_served"],
-                                    f["valid_tries"], f["valid_seconds"]))
+        out("  %d connections from uid %d: %d connected, %d closed at once, %d held until the "
+            "deadline (%.1f-%.1f s), %d still open; the build user served %d/%d "
+            "(slowest %.3f s)"
+            % (f["connections"], f["uid"], f["connected"],
+               f["closed_at_once"] + f["refused_at_connect"], f["held_to_deadline"],
+               f["shortest_held_s"], f["longest_s"] or 0, f["still_open"],
+               f["build_user_served"], f["build_user_tries"], f["build_user_slowest_s"]))
     if "slow" in res:
-        f = res["slow"]
-        out("  %d slow clients: %d served, %d dropped; valid requests meanwhile %d/%d"
-            % (f["clients"], f["served"], f["dropped"], f["valid_during"], f["valid_tries"]))
-    if "fdflood" in res:
-        f = res["fdflood"]
-        out("  fd flood: %d requests, %d descriptors; valid request after: %s"
-            % (f["requests"], f["descriptors_sent"], f["valid_after"]))
-    out("  daemon alive: %s; valid request after all: %s" % (res.get("alive"), res.get("valid_after")))
-    out("  fds start/end: %s/%s; RSS start/end: %s/%s KiB"
+        s = res["slow"]
+        out("  %d clients at a byte per %.2f s: %d closed after %s s; %d slow within the "
+            "deadline: %d served; others meanwhile %d/%d"
+            % (s["slowloris"], s["interval_s"], s["slowloris_closed"],
+               s["slowloris_closed_after_s"], s["patient"], s["patient_served"],
+               s["others_served"], s["others"]))
+    if "join_stalled" in res:
+        j = res["join_stalled"]
+        out("  stalled after join: %s, closed after %s s, left in the build: %s"
+            % (j["answer"], j["closed_after_s"], j["left_in_build"] or "nothing"))
+    out("  broker alive: %s; valid request after all: %s" % (res.get("alive"), res.get("valid_after")))
+    out("  broker fds start/end: %s/%s; RSS start/end: %s/%s KiB"
         % (res.get("fds_start"), res.get("fds_end"), res.get("rss_start"), res.get("rss_end")))
-    for e in res["errors"]:
-        out("ERROR: %s" % e)
+    for p in problems(res):
+        out("PROBLEM: %s" % p)

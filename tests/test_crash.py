@@ -20,6 +20,7 @@ cgroups or namespaces)."""
 import os
 import secrets
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -167,9 +168,10 @@ def test_sigkill_at_each_fault_point_then_gc_restores_the_host(scene):
 
 
 def _build_with_calls_in_flight(scene, ns, name):
-    """A build whose user keeps 8 helper calls going (both paths) and a sleeper."""
-    loop = ('sleep 300 & echo ready; while :; do for i in 1 2 3 4; do "$@" >/dev/null & '
-            'setpriv --no-new-privs -- "$@" >/dev/null & done; wait; done')
+    """A build whose user keeps up to 8 helper calls going (both paths), batch
+    after batch, and a sleeper (a grandchild: the batches' wait leaves it)."""
+    loop = ('(sleep 300 &); echo ready; while :; do for i in 1 2 3 4; do "$@" >/dev/null & '
+            'setpriv --no-new-privs -- "$@" >/dev/null 2>&1 & done; wait; done')
     p = subprocess.Popen(["nsenter", "--net=" + ns, "--"] + RUN
                          + ["--unshare-net", "--user", "nobody", "--name", name, "--",
                             "/bin/sh", "-c", loop, "sh"] + READLINK,
@@ -282,13 +284,15 @@ def test_approved_namespace_outlives_its_last_process(scene):
     name, ns = common.add_netns(scene.cl, "cgcrash-orphan")
     ino = common.ns_ino(ns)
     report = _report(scene, "orphan")
+    q = " ".join
+    script = ('echo ready; read port; %s; '
+              'setpriv --no-new-privs -- %s --connect="$port"; echo "rc=$?"; '
+              'readlink /proc/self/ns/net'
+              % (q(map(shlex.quote, READLINK)),
+                 q(map(shlex.quote, [HELPER, scene.netprobe, "report", report]))))
     p = subprocess.Popen(["nsenter", "--net=" + ns, "--"] + RUN
                          + ["--unshare-net", "--user", "nobody", "--name", scene.prefix + "orph",
-                            "--", "/bin/sh", "-c",
-                            'echo ready; read port; "$@"; '
-                            'setpriv --no-new-privs -- "$0" "$1" report "$2" --connect="$port"; '
-                            'echo "rc=$?"; readlink /proc/self/ns/net',
-                            HELPER, scene.netprobe, report] + READLINK,
+                            "--", "/bin/sh", "-c", script],
                          env=repo_env(CGNETNS_RUN_NO_BROKER="1"), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
