@@ -78,11 +78,9 @@ the build's pin, in a thread of its own.  Changes take the lock
 import contextlib
 import ctypes
 import fcntl
-import ipaddress
 import json
 import os
 import re
-import socket
 import stat
 import struct
 import threading
@@ -169,9 +167,12 @@ class Policy:
             rules.append(_parse_line(line, n, source))
         return cls(rules, source)
 
-    def resolve(self, getaddrinfo=socket.getaddrinfo):
+    def resolve(self, getaddrinfo=None):
         """[(rule, [ip_network, ...])]: names resolved now, as this process
         (root) resolves them; a name without an address refuses the build."""
+        import ipaddress
+        import socket  # here: builds without a policy never need it
+        getaddrinfo = getaddrinfo or socket.getaddrinfo
         out = []
         for r in self.rules:
             if r.network is not None:
@@ -203,6 +204,7 @@ class Policy:
 
 
 def _parse_line(line, n, source):
+    import ipaddress
     def bad(problem, fix=None):
         return PolicyError("%s line %d: %r: %s" % (source, n, line, problem),
                            fix or "write one destination a line: " + FORMAT)
