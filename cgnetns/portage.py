@@ -40,6 +40,7 @@ import atexit
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -214,3 +215,103 @@ def start(settings=None, name=None):
     except Exception as e:  # never take emerge down with us
         warn("%s: %s; running without cgnetns" % (type(e).__name__, e))
     return None
+
+
+# -- cgnetns-show --check: make.conf settings that defeat cgnetns ---------------------------
+
+MAKE_CONF = "etc/portage/make.conf"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def make_conf_path(environ=None):
+    """Portage's make.conf: below PORTAGE_CONFIGROOT, else the EPREFIX
+    (PORTAGE_OVERRIDE_EPREFIX), else /."""
+    environ = os.environ if environ is None else environ
+    root = environ.get("PORTAGE_CONFIGROOT") or environ.get("PORTAGE_OVERRIDE_EPREFIX") or "/"
+    return os.path.join(root, MAKE_CONF)
+
+
+def read_make_conf(path):
+    """{NAME: value} of make.conf (a file, or a directory of files read in
+    order, as Portage does), or None when there is none.  Assignments only,
+    as shell words (quotes, comments, values over several lines), with
+    ${NAME} and $NAME expanded from what came before; no sourcing."""
+    if os.path.isdir(path):
+        files = [os.path.join(path, n) for n in sorted(os.listdir(path))
+                 if not n.startswith(".") and not n.endswith("~")]
+    elif os.path.exists(path):
+        files = [path]
+    else:
+        return None
+    values = {}
+    for name in files:
+        with open(name, errors="replace") as f:
+            words = shlex.split(f.read(), comments=True)
+        for word in words:
+            key, eq, value = word.partition("=")
+            if eq and _NAME.match(key):
+                values[key] = _REF.sub(lambda m: values.get(m.group(1) or m.group(2), ""),
+                                       value)
+    return values
+
+
+def incremental(text):
+    """The set an incremental variable (FEATURES) ends up with."""
+    out = set()
+    for word in text.split():
+        if word == "-*":
+            out.clear()
+        elif word.startswith("-"):
+            out.discard(word[1:])
+        else:
+            out.add(word)
+    return out
+
+
+def check(sys_cgroup=cgroups.SYS_CGROUP, environ=None):
+    """(name, status, message, fix) for cgnetns-show --check: FEATURES=cgroup
+    where Portage's cgroups would leave the build, and DISTCC_FALLBACK other
+    than 0.  Nothing on a host without make.conf."""
+    path = make_conf_path(environ)
+    try:
+        conf = read_make_conf(path)
+    except (OSError, ValueError) as e:
+        return [("portage", "warn", "cannot read %s: %s" % (path, e),
+                 "run cgnetns-show --check as root")]
+    if conf is None:
+        return []
+    out = []
+    features = incremental(conf.get("FEATURES", ""))
+    if "cgroup" in features:
+        try:
+            unified = os.path.samefile(cgroups.find_cgroup2(sys_cgroup), sys_cgroup)
+        except (CgnetnsError, OSError):
+            unified = False
+        if "cgnetns" in features:
+            out.append(("portage-cgroup", "ok", "%s: FEATURES=cgroup with FEATURES=cgnetns: "
+                        "Portage's emerge-<pid>/<cpv> cgroups go inside emerge's build"
+                        % path, None))
+        elif unified:
+            out.append(("portage-cgroup", "warn", "%s enables FEATURES=cgroup: Portage puts "
+                        "each build in %s/portage/emerge-<pid>/<cpv>, outside the build "
+                        "cgnetns-run makes, where distcc gets no network" % (path, sys_cgroup),
+                        "add cgnetns to FEATURES, with Portage patched (contrib/portage/"
+                        "README.rst); or run emerge with PORTAGE_CGROUP_ROOT=<build "
+                        "cgroup>/portage; or take cgroup out of FEATURES"))
+        else:
+            out.append(("portage-cgroup", "ok", "%s: FEATURES=cgroup does nothing on this "
+                        "layout (Portage looks for cgroup2 at %s only): builds stay in "
+                        "cgnetns's cgroup" % (path, sys_cgroup), None))
+    if "distcc" in features or conf.get("DISTCC_HOSTS"):
+        fallback = conf.get("DISTCC_FALLBACK")
+        if fallback == "0":
+            out.append(("distcc-fallback", "ok", "%s: DISTCC_FALLBACK=0: a compile "
+                        "that cannot reach its servers fails and says why" % path, None))
+        else:
+            out.append(("distcc-fallback", "warn", "%s: DISTCC_FALLBACK is %s: a "
+                        "build that lost its network compiles locally without a word"
+                        % (path, "not set (distcc's default is 1)" if fallback is None
+                           else "%r" % fallback),
+                        'set DISTCC_FALLBACK="0" in make.conf'))
+    return out

@@ -896,3 +896,59 @@ def test_systemd_host_moves_emerge_into_a_delegated_scope(layout):
     assert re.fullmatch(r"/system\.slice/cgnetns-emerge-\d+-[0-9a-f]{8}\.scope", scope), seen
     assert seen["during"] == seen["build"] and seen["delegate"] == "1", seen
     assert seen["after"] == scope and not seen["left"], seen
+
+
+# -- cgnetns-show --check reads make.conf ----------------------------------------------------
+
+def make_conf(tmp_path, files):
+    """A PORTAGE_CONFIGROOT whose etc/portage/make.conf is a directory of FILES."""
+    root = tempfile.mkdtemp(dir=str(tmp_path))
+    conf = os.path.join(root, "etc", "portage", "make.conf")
+    os.makedirs(conf)
+    for name, text in files.items():
+        with open(os.path.join(conf, name), "w") as f:
+            f.write(text)
+    return root
+
+
+PORTAGE_CHECKS = ("portage-cgroup", "distcc-fallback")
+
+
+@pytest.mark.parametrize("layout", ["hybrid", "unified"])
+def test_show_check_warns_about_make_conf(tmp_path, layout):
+    """cgnetns-show --check: FEATURES=cgroup without FEATURES=cgnetns where
+    Portage finds cgroup2 (the unified layout: its cgroups leave cgnetns-run's
+    build), and DISTCC_FALLBACK not 0, are warnings that name the fix.  A
+    make.conf directory is read in order, values over several lines."""
+    root = make_conf(tmp_path, {"00": 'FEATURES="distcc\n    cgroup"\n',
+                                "10-distcc": 'DISTCC_HOSTS="a/4 b/4"\n# DISTCC_FALLBACK=0\n'})
+    cmd = "exec %s -m cgnetns.cli.show --check --json" % PY
+    if layout == "unified":
+        cmd = "mount -t cgroup2 none /sys/fs/cgroup && " + cmd
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", cmd],
+                       stdout=subprocess.PIPE, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=REPO, PORTAGE_CONFIGROOT=root))
+    got = {c["name"]: c for c in json.loads(r.stdout)["checks"] if c["name"] in PORTAGE_CHECKS}
+    fallback = got["distcc-fallback"]
+    assert fallback["status"] == "warn" and "DISTCC_FALLBACK" in fallback["fix"], fallback
+    cg = got["portage-cgroup"]
+    if layout == "unified":
+        assert cg["status"] == "warn" and "FEATURES" in cg["fix"], cg
+        assert "/sys/fs/cgroup/portage/emerge-<pid>" in cg["message"], cg
+    else:
+        assert cg["status"] == "ok" and "does nothing" in cg["message"], cg
+
+
+def test_make_conf_checks_quiet_when_cgnetns_does_it(tmp_path):
+    """With FEATURES=cgnetns and DISTCC_FALLBACK=0 nothing to warn about, on
+    either layout; without cgroup and distcc in make.conf, no check at all."""
+    from cgnetns import portage as cp
+    unified = cgroups.find_cgroup2()       # a cgroup2 mount: what /sys/fs/cgroup is there
+    good = make_conf(tmp_path, {"make.conf": 'FEATURES="${FEATURES} distcc cgroup cgnetns"\n'
+                                             'DISTCC_FALLBACK="0"\n'})
+    for sys_cgroup in ("/sys/fs/cgroup", unified):
+        got = cp.check(sys_cgroup, {"PORTAGE_CONFIGROOT": good})
+        assert [(c[0], c[1]) for c in got] == [(n, "ok") for n in PORTAGE_CHECKS], got
+    none = make_conf(tmp_path, {"make.conf": 'FEATURES="-cgroup"\n'})
+    assert cp.check(unified, {"PORTAGE_CONFIGROOT": none}) == []
+    assert cp.check(unified, {"PORTAGE_CONFIGROOT": str(tmp_path / "nothing")}) == []

@@ -27,6 +27,7 @@ import time
 
 from .. import __version__, _sys, cgroups, namespaces, paths, resolve
 from .. import egress as _egress
+from .. import portage as _portage
 from ..errors import CgnetnsError, EXIT_USAGE, PlacementError
 from . import Parser, run_main
 
@@ -805,6 +806,7 @@ def host_checks(*, helper=None, front=None, allow_list=resolve.ALLOW_LIST,
     checks += check_broker(broker_socket)
     checks += check_python()
     checks += [Check(*c) for c in _egress.check(sys_cgroup)]
+    checks += [Check(*c) for c in _portage.check(sys_cgroup)]  # make.conf (contrib/portage)
     try:
         checks += check_debris(run_dir, proc)
     except CgnetnsError as e:
