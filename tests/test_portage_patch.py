@@ -135,7 +135,11 @@ def build_patched_venv(base):
 
 @pytest.fixture(scope="session")
 def patched_venv(portage_venv):
-    return build_patched_venv(portage_venv)
+    """The patched Portage; $CGNETNS_TEST_PATCHED_PORTAGE_VENV names another, already
+    patched (e.g. gentoo/portage master: pip install a patched checkout into a venv
+    of /usr/bin/python3 that every user can read)."""
+    other = os.environ.get("CGNETNS_TEST_PATCHED_PORTAGE_VENV")
+    return other if other else build_patched_venv(portage_venv)
 
 
 def portage_sdist():

@@ -20,8 +20,7 @@ RESTRICT="!test? ( test )"
 # The tests need root, a real kernel and a running distccd/sshd/iceccd.
 PROPERTIES="test? ( test_privileged )"
 
-# cgnetns-exec is linked statically (no ld.so, no LD_PRELOAD warnings under
-# Gentoo's sandbox): it needs static libc.
+# cgnetns-exec's helper is linked statically: it needs static libc.
 DEPEND="sys-libs/glibc[static-libs(+)]"
 RDEPEND="
 	dev-python/pyroute2[${PYTHON_USEDEP}]
@@ -29,6 +28,7 @@ RDEPEND="
 	sys-apps/attr
 "
 BDEPEND="
+	dev-python/docutils
 	test? (
 		dev-python/pytest[${PYTHON_USEDEP}]
 		sys-devel/distcc
@@ -38,11 +38,19 @@ BDEPEND="
 	)
 "
 
+# Every path, as paths.mk names them: compiled into the helper and the front,
+# written into the Python package (cgnetns/_paths.py), substituted into the
+# units, scripts, manual pages and Portage files.
+cgnetns_emake() {
+	emake PREFIX="${EPREFIX}/usr" SYSCONFDIR="${EPREFIX}/etc" \
+		LIBDIR="${EPREFIX}/usr/lib/cgnetns" "$@"
+}
 
 src_compile() {
+	cgnetns_emake python-paths
 	distutils-r1_src_compile
-	emake -C helper CC="$(tc-getCC)" HOSTCC="$(tc-getCC)" LIBC=glibc \
-		PREFIX="${EPREFIX}/usr" SYSCONFDIR="${EPREFIX}/etc"
+	cgnetns_emake -C helper CC="$(tc-getCC)" HOSTCC="$(tc-getCC)" LIBC=glibc
+	cgnetns_emake -C doc
 }
 
 python_test() {
@@ -52,14 +60,20 @@ python_test() {
 src_install() {
 	distutils-r1_src_install
 
-	# cgnetns-exec, the masquerade directories (/usr/lib/cgnetns/masq for
-	# compilers, /usr/lib/cgnetns/bin for distcc, pump, icecc) and the
-	# default allow list.
-	emake -C helper DESTDIR="${D}" LIBC=glibc \
-		PREFIX="${EPREFIX}/usr" SYSCONFDIR="${EPREFIX}/etc" \
-		PKGLIBDIR="${EPREFIX}/usr/lib/cgnetns" OWNER= \
-		MODE="$(usex suid 4711 0711)" INSTALL_STRIP= \
-		install
+	# cgnetns-exec, the set-user-ID helper, the masquerade directories
+	# (/usr/lib/cgnetns/masq for compilers, /usr/lib/cgnetns/bin for distcc,
+	# pump, icecc).
+	cgnetns_emake -C helper DESTDIR="${D}" LIBC=glibc OWNER= \
+		MODE="$(usex suid 4711 0711)" INSTALL_STRIP= install
+
+	# The broker's units and init script, tmpfiles.d, and the Portage files:
+	# the patch (/usr/share/cgnetns/portage/patches), the bashrc snippet,
+	# make.conf.example and README.rst.
+	cgnetns_emake -C contrib DESTDIR="${D}" \
+		SYSTEMDUNITDIR="$(systemd_get_systemunitdir)" \
+		TMPFILESDIR="${EPREFIX}/usr/lib/tmpfiles.d" \
+		OPENRCDIR="${EPREFIX}/etc/init.d" install
+	cgnetns_emake -C doc DESTDIR="${D}" install
 
 	# Allow list: one canonical path a line; Gentoo's distcc and icecream.
 	insinto /etc/cgnetns
@@ -72,35 +86,34 @@ src_install() {
 		${EPREFIX}/usr/bin/icecc
 	EOT
 
-	# Broker: systemd socket activation, OpenRC service, /run/cgnetns.
-	sed -e "s|@BINDIR@|${EPREFIX}/usr/bin|g" contrib/systemd/cgnetnsd.service \
-		> "${T}"/cgnetnsd.service || die
-	systemd_dounit contrib/systemd/cgnetnsd.socket "${T}"/cgnetnsd.service
-	sed -e "s|@BINDIR@|${EPREFIX}/usr/bin|g" contrib/openrc/cgnetnsd \
-		> "${T}"/cgnetnsd.initd || die
-	newinitd "${T}"/cgnetnsd.initd cgnetnsd
-	dotmpfiles contrib/tmpfiles.d/cgnetns.conf
-
-	# Portage integration: the bashrc snippet and its documentation.
-	insinto /usr/share/cgnetns/portage
-	doins contrib/portage/bashrc contrib/portage/make.conf.example
-	dodoc README.rst contrib/portage/README.rst
+	dodoc README.rst
+	newdoc contrib/portage/README.rst README.portage.rst
 }
 
 pkg_postinst() {
 	tmpfiles_process cgnetns.conf
 
 	if use suid; then
-		elog "cgnetns-exec is installed set-user-ID root."
+		elog "cgnetns-exec's helper is installed set-user-ID root."
 	else
-		elog "USE=-suid: cgnetns-exec is not set-user-ID; builds reach the approved"
-		elog "namespace only through the broker (rc-service cgnetnsd start, or"
-		elog "systemctl enable --now cgnetnsd.socket)."
+		elog "USE=-suid: the helper is not set-user-ID; builds reach the approved"
+		elog "namespace only through the broker."
 	fi
-	elog "To let emerge's compiling phases use distcc through cgnetns, add to"
-	elog "/etc/portage/bashrc:"
+	elog "Start the broker: rc-service cgnetnsd start (OpenRC), or"
+	elog "systemctl enable --now cgnetnsd.socket (systemd)."
+	elog
+	elog "To let emerge make its own cgnetns build (FEATURES=cgnetns), patch Portage:"
+	elog "    mkdir -p ${EROOT}/etc/portage/patches/sys-apps/portage"
+	elog "    cp ${EROOT}/usr/share/cgnetns/portage/patches/portage-cgnetns.patch \\"
+	elog "       ${EROOT}/etc/portage/patches/sys-apps/portage/"
+	elog "    emerge --oneshot sys-apps/portage"
+	elog "and set in make.conf:"
+	elog "    FEATURES=\"cgnetns distcc\""
+	elog "    DISTCC_FALLBACK=\"0\""
+	elog
+	elog "Without the patch: add to /etc/portage/bashrc"
 	elog "    source ${EPREFIX}/usr/share/cgnetns/portage/bashrc"
 	elog "and run emerge inside a cgnetns build:"
 	elog "    cgnetns-run --name emerge -- emerge ..."
-	elog "See ${EPREFIX}/usr/share/doc/${PF}/README.rst*."
+	elog "See ${EPREFIX}/usr/share/doc/${PF}/README.portage.rst*."
 }
