@@ -410,10 +410,15 @@ def build_of(phase_cgroup):
 
 
 def test_emerge_features_cgnetns_distcc_jobs_every_object_remote_only_lo(host, playground):
+    """FEATURES="cgnetns distcc sandbox usersandbox userpriv network-sandbox", two
+    packages with --jobs=2, no cgnetns-run: every object of both is compiled by
+    the remote distccd through Portage's own distcc masquerade (cgnetns's, put
+    first in PATH by the patch; no SOCKS relay), each phase had only lo, and
+    both phases ran in the same build, emerge's."""
     h = host()
     with Topology() as topo:
         pg = playground(make_conf=['FEATURES="%s distcc"' % BASE_FEATURES,
-                                   *distcc_conf(topo.remote_addr)])
+                                   *distcc_conf(topo.remote_addr)], probe=True)
         other = add_second_package(pg)
         r = emerge(h, pg, "-1", "--jobs=2", "=" + CPV, "=" + CPV2)
         assert_emerged(pg, r)
@@ -422,6 +427,12 @@ def test_emerge_features_cgnetns_distcc_jobs_every_object_remote_only_lo(host, p
     assert_only_lo(pg)
     phase = pg.phase()
     assert phase["gcc"] == os.path.join(MASQ, "gcc"), phase
+    # each distcc: the real sandbox's libsandbox loaded, not traced, no_new_privs, nobody
+    gs.assert_distcc_sandboxed_untraced(pg.probes(), NOBODY.pw_uid)
+    # no SOCKS relay: none offered to distcc, and no relay socket (stop() leaves it)
+    assert not [p for p in pg.probes() if "DISTCC_SOCKS_PROXY" in p["environ"]]
+    relays = [n for n in os.listdir(os.path.join(pg.tmpdir, "portage")) if n.endswith(".net.sock")]
+    assert not relays, relays
     one, two = pg.installed("cgroup.txt").strip(), other("cgroup.txt").strip()
     assert build_of(one) == build_of(two), (one, two)
 
