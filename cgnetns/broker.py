@@ -11,12 +11,18 @@ namespace (helper/supervise.c, helper/notify.c).  The program is always the
 caller's own process; nothing here or there acts as the caller.
 
 This process reads no request, so an unprivileged peer cannot make it hold
-memory or descriptors.  What a peer can hold is a helper process for at most
-``protocol.HANDSHAKE_SECONDS`` (its own deadline; killed here after twice
-that): at most ``max_pending_per_uid`` of them per uid, and
-``max_pending`` in all.  A peer over its uid's share is dropped at once and
-others keep being served.  A joined supervisor is no longer counted: it lives
-in the caller's build cgroup with the caller's uid, so it is the build's.
+memory.  What a peer can hold is a helper process for at most
+``HANDSHAKE_SECONDS`` (the helper's own deadline; killed here after twice
+that), and a waiting connection.  At most ``max_pending_per_uid`` helpers run
+per uid and ``max_pending`` in all; a connection over its uid's share waits
+here, accepted but unserved, in its uid's queue (served in order as that uid's
+helpers end), for at most ``HANDSHAKE_SECONDS``, then is answered "busy".  The
+queues together hold at most ``max_queued`` connections; over that, the
+newest connection of the uid with the longest queue is answered "busy" at once.
+So a flood from one uid (an outsider of every build) delays and refuses that
+uid's own requests, and everyone else is served.  A joined supervisor is no
+longer counted: it lives in the caller's build cgroup with the caller's uid,
+so it is the build's.
 
 Degrades: no SO_PEERPIDFD (Linux < 6.5) -> the helper's fallback check (a
 pidfd by the connect's pid, refused when that pid names a newer process);
@@ -24,6 +30,7 @@ no pidfd_open (< 5.3) -> every request refused by the helper, with a line
 in the log.
 """
 
+import collections
 import errno
 import fcntl
 import os
@@ -73,8 +80,8 @@ class Pending:
 
 class Broker:
     def __init__(self, socket_path=SOCKET_PATH, helper=HELPER, max_pending=256,
-                 max_pending_per_uid=32, idle_exit=None, log=None, lock_path=None,
-                 peer_auth="pidfd"):
+                 max_pending_per_uid=64, idle_exit=None, log=None, lock_path=None,
+                 peer_auth="pidfd", max_queued=4096):
         # One lock per socket: brokers on other sockets (tests, a private
         # instance) do not exclude the system's.
         if lock_path is None:
@@ -94,6 +101,9 @@ class Broker:
         self.listener = None
         self.pending = {}       # pidfd -> Pending
         self.per_uid = {}       # uid -> count of pending
+        self.queued = {}        # uid -> deque of (connection, accepted at)
+        self.n_queued = 0
+        self.max_queued = max_queued
         self.served = 0
         self._devnull = None
         self._lock_fd = None
@@ -138,11 +148,20 @@ class Broker:
             self.listener = s
         self.listener.setblocking(False)
         _prepare_for_spawning()
+        # Each waiting connection is a descriptor, each running helper one
+        # (its pidfd): the queues get what the limit leaves.
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY:
+            self.max_queued = max(16, min(self.max_queued, soft - self.max_pending - 64))
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.listener, selectors.EVENT_READ, None)
 
     def close(self):
+        for q in self.queued.values():
+            for conn, _ in q:
+                conn.close()
+        self.queued.clear()
         for p in list(self.pending.values()):
             self._kill(p)
             self._reap(p)
@@ -167,30 +186,44 @@ class Broker:
     def serve(self):
         idle_since = time.monotonic()
         while not self._stop:
-            for key, _ in self.sel.select(timeout=0.5):
-                try:
-                    if key.data is None:
-                        # Drain the backlog: a flood must not keep a real
-                        # client queued behind it in the kernel.
-                        for _ in range(64):
-                            if not self._accept():
-                                break
-                    else:
-                        self._reap(key.data)
-                except OSError as e:  # one connection's trouble is its own
-                    self.log("error: %s" % escape(str(e)))
+            events = self.sel.select(timeout=0.5)
+            # Ended helpers first: what they leave counts for no uid's share
+            # when this round's new connections are weighed.  Then what waits
+            # too long is answered busy, and what may start starts (oldest
+            # first) before anything newer is accepted.
+            for key, _ in events:
+                if key.data is not None:
+                    self._guard(self._reap, key.data)
+            self._expire_queued(time.monotonic())
+            if self.n_queued:
+                self._dequeue()
+            for key, _ in events:
+                if key.data is None:
+                    # Drain the backlog: a flood must not keep a real client
+                    # queued behind it in the kernel.
+                    for _ in range(64):
+                        if not self._guard(self._accept):
+                            break
             now = time.monotonic()
             for p in list(self.pending.values()):
                 if now - p.started > 2 * HANDSHAKE_SECONDS:
                     self.log("uid=%d: request still in progress after %ds: killed"
                              % (p.uid, 2 * HANDSHAKE_SECONDS))
                     self._kill(p)
-            if self.pending:
+            self._expire_queued(now)
+            if self.pending or self.n_queued:
                 idle_since = now
             elif self.idle_exit is not None and now - idle_since > self.idle_exit \
                     and not self._builds_alive():
                 self.log("idle for %gs with no live build: exiting" % self.idle_exit)
                 break
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:  # one connection's trouble is its own
+            self.log("error: %s" % escape(str(e)))
+            return False
 
     def _builds_alive(self):
         return any(records.record_is_live(p) for p in records.list_records())
@@ -207,17 +240,71 @@ class Broker:
         try:
             pid, uid, _ = struct.unpack("3i", conn.getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-            if len(self.pending) >= self.max_pending:
-                self._drop_log(-1, "%d requests in progress: dropping new ones" % len(self.pending))
-                return True
-            if self.per_uid.get(uid, 0) >= self.max_pending_per_uid:
-                self._drop_log(uid, "uid=%d: %d requests in progress: dropping its new ones"
-                               % (uid, self.max_pending_per_uid))
-                return True
+        except OSError:
+            conn.close()
+            return True
+        if self._has_room(uid) and not self.queued.get(uid):
+            self._start_and_close(conn, uid)
+        else:
+            self._enqueue(conn, uid)
+        return True
+
+    def _has_room(self, uid):
+        return (len(self.pending) < self.max_pending
+                and self.per_uid.get(uid, 0) < self.max_pending_per_uid)
+
+    def _start_and_close(self, conn, uid):
+        try:
             self._start(conn, uid)
         finally:
             conn.close()
-        return True
+
+    def _enqueue(self, conn, uid):
+        if self.n_queued >= self.max_queued:
+            # Full: the uid with the longest queue loses its newest.
+            victim = max(self.queued, key=lambda u: len(self.queued[u]))
+            if len(self.queued[victim]) >= len(self.queued.get(uid, ())) + 1:
+                old, _ = self.queued[victim].pop()
+                self.n_queued -= 1
+                self._busy(old, victim)
+            else:
+                self._busy(conn, uid)
+                return
+        self.queued.setdefault(uid, collections.deque()).append((conn, time.monotonic()))
+        self.n_queued += 1
+
+    def _dequeue(self):
+        """Start what waits, oldest first per uid, as far as the shares allow."""
+        for uid in list(self.queued):
+            q = self.queued[uid]
+            while q and self._has_room(uid):
+                conn, _ = q.popleft()
+                self.n_queued -= 1
+                self._guard(self._start_and_close, conn, uid)
+            if not q:
+                del self.queued[uid]
+
+    def _expire_queued(self, now):
+        for uid in list(self.queued):
+            q = self.queued[uid]
+            while q and now - q[0][1] > HANDSHAKE_SECONDS:
+                conn, _ = q.popleft()
+                self.n_queued -= 1
+                self._busy(conn, uid)
+            if not q:
+                del self.queued[uid]
+
+    def _busy(self, conn, uid):
+        """Answer a connection that cannot be served now (the client prints it
+        and exits 125; nothing has run), and close it."""
+        self._drop_log(uid, "uid=%d: %d requests in progress: answered busy"
+                       % (uid, self.per_uid.get(uid, 0)))
+        try:
+            conn.send(b"refuse 125 cgnetnsd is busy (too many requests of this user in "
+                      b"progress): try again\n", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError:
+            pass
+        conn.close()
 
     def _drop_log(self, key, msg):
         now = time.monotonic()

@@ -146,13 +146,17 @@ void drop_capabilities(void)
 			if (cap != CG_CAP_SYS_PTRACE && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 &&
 			    errno != EINVAL)
 				die_with_error(EXIT_REFUSE, "cannot drop capability %d", cap);
-		prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-		struct cg_cap_header h = { CG_CAP_VERSION_3, 0 };
-		memset(d, 0, sizeof d);
-		d[0].effective = d[0].permitted = keep;
-		if (syscall(SYS_capset, &h, d) < 0)
-			die_with_error(EXIT_REFUSE, "cannot clear capabilities");
 	}
+	/* Ambient and inheritable too, for every caller: cgnetnsd may have been
+	 * started with inheritable capabilities (OpenRC's capabilities=, a
+	 * container's payload), which setresuid() leaves.  Lowering them needs
+	 * no privilege. */
+	prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	struct cg_cap_header h = { CG_CAP_VERSION_3, 0 };
+	memset(d, 0, sizeof d);
+	d[0].effective = d[0].permitted = keep;
+	if (syscall(SYS_capset, &h, d) < 0)
+		die_with_error(EXIT_REFUSE, "cannot clear capabilities");
 	if (capget_self(d) < 0)
 		die_with_error(EXIT_REFUSE, "capget");
 	if (d[0].effective != keep || d[0].permitted != keep || d[0].inheritable ||

@@ -358,7 +358,7 @@ print(json.dumps({"connected": len(socks), "refused_at_connect": refused,
 """
 
 
-PER_UID_CAP = 32   # cgnetnsd's default --max-pending-per-uid
+PER_UID_CAP = 64   # cgnetnsd's default --max-pending-per-uid
 
 
 def flood_from_other_uid(path, n, res, uid=ATTACKER_UID, checks=3, cap=PER_UID_CAP):
@@ -589,8 +589,11 @@ def problems(res):
     if d and (d["held_by_others"] or d["served"] != d["rounds"] or d["read_by_helper"] != d["rounds"]):
         out.append("descriptors before a header: %r" % d)
     f = res.get("flood")
+    # Over its uid's cap a connection waits in that uid's queue and is
+    # answered busy when it has waited the deadline: each lives about as
+    # long as one with a helper, none longer than the broker's own limit.
     if f and (f["build_user_served"] != f["build_user_tries"] or f["still_open"]
-              or f["held_to_deadline"] > f["cap"] or f["build_user_slowest_s"] > 2
+              or f["build_user_slowest_s"] > 2
               or (f["held_to_deadline"] and f["shortest_held_s"] < HANDSHAKE_SECONDS - 0.5)
               or (f["longest_s"] or 0) > 2 * HANDSHAKE_SECONDS + 1):
         out.append("flood from uid %d: %r" % (f["uid"], f))

@@ -443,11 +443,7 @@ def test_show_check_reports_the_openrc_layout(container):
         ok(c.run(["rc-service", "cgnetnsd", "start"]))
 
 
-@pytest.mark.xfail(strict=True, reason="helper: the supervisor keeps the broker's inheritable "
-                   "capability set across the drop to a non-root caller, and its own check "
-                   "then refuses the join ('capabilities left in the supervisor'); the "
-                   "supervisor should clear the inheritable set (capset) while still root")
-def test_inheritable_capabilities_refuse_joins(container, server):
+def test_inheritable_capabilities_do_not_refuse_joins(container, server):
     """The broker started with an inheritable capability, as OpenRC's
     `capabilities=` (start-stop-daemon --capabilities) or nspawn's payload
     sets give it: a non-root caller's join should still work."""

@@ -43,8 +43,9 @@ def build_parser():
                         "connection (default: %(default)s)")
     p.add_argument("--max-pending", type=positive_int, default=256, metavar="N",
                    help="requests in progress at once; more are dropped (default: %(default)s)")
-    p.add_argument("--max-pending-per-uid", type=positive_int, default=32, metavar="N",
-                   help="requests in progress at once from one uid (default: %(default)s)")
+    p.add_argument("--max-pending-per-uid", type=positive_int, default=64, metavar="N",
+                   help="requests in progress at once from one uid; more wait, in order, "
+                        "up to the request deadline (default: %(default)s)")
     p.add_argument("--peer-auth", choices=("pidfd", "peercred"), default="pidfd",
                    help="pidfd: the kernel's SO_PEERPIDFD (Linux 6.5), falling back to "
                         "peercred where the kernel lacks it; peercred: always the fallback "
