@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """make mutants: do the helper's tests notice a single-point bug?
 
-For each mutant of tools/mutants_table.py: apply it to a COPY of this
-checkout (the working tree as it is, without .git and build directories),
-check that the copy's helper still builds and that the mutant changed the
-binary, then run the mutant's tests with pytest in the copy, so that every
-helper the tests build from helper/ (HelperEnv's private variants) carries
-the bug.  The installed helper is never touched.  A mutant is KILLED when
-one of its tests fails, SURVIVED when they all pass; anything else (the
-pattern does not match exactly once, the mutant does not build or changes
-nothing, pytest could not run the tests) is an ERROR.  First the same tests
-run on the unmutated copy (the baseline), which must pass.
+For each mutant of tools/mutants_table.py (the set-user-ID path's and the
+broker path's): apply it to a COPY of this checkout (the working tree as it
+is, without .git and build directories), check that the copy's helper still
+builds and that the mutant changed the binary, then run the mutant's tests
+with pytest in the copy, so that every helper the tests build from helper/
+(HelperEnv's private variants, and so the broker's side that the private
+cgnetnsd of tests/test_helper_threats.py runs) carries the bug.  The
+installed helper and the system's broker are never touched.  A mutant is
+KILLED when one of its tests fails, SURVIVED when they all pass; anything
+else (the pattern does not match exactly once, the mutant does not build or
+changes nothing, pytest could not run the tests) is an ERROR.  First the same
+tests run on the unmutated copy (the baseline), which must pass.
 
     python3 tools/mutants.py [--list] [--only NAME]... [--no-baseline] [--keep]
 
@@ -39,6 +41,11 @@ PYTEST_TIMEOUT = 900
 
 class Failure(Exception):
     pass
+
+
+def path_of(m):
+    """Which path the mutant is on (its section of tools/mutants_table.py)."""
+    return "broker" if any(m is b for b in BROKER) else "set-user-ID"
 
 
 def check_patterns(mutants):
@@ -142,11 +149,9 @@ def main(argv=None):
         return 2
     if args.list:
         for m in mutants:
-            print("%-44s %-16s %s" % (m.name, m.file, m.why))
+            print("%-44s %-11s %-18s %s" % (m.name, path_of(m), m.file, m.why))
             for t in m.tests:
                 print("    %s" % t)
-        if not BROKER:
-            print("(no broker-path mutants yet: tools/mutants_table.py, BROKER)")
         return 0
     if os.geteuid() != 0:
         print("mutants: the tests need root", file=sys.stderr)
@@ -224,13 +229,11 @@ def main(argv=None):
             shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print("%-44s %-18s %-8s %7s  %s" % ("mutant", "file", "result", "seconds", "killed by"))
+    print("%-44s %-11s %-18s %-8s %7s  %s" % ("mutant", "path", "file", "result", "seconds",
+                                              "killed by"))
     for m, result, killed_by, secs in results:
-        print("%-44s %-18s %-8s %7.1f  %s" % (m.name, m.file, result, secs,
-                                              killed_by.replace("tests/", "", 1)))
-    if not BROKER:
-        print("%-44s %-18s %s" % ("(broker path)", "notify.c etc.",
-                                  "none yet: tools/mutants_table.py, BROKER"))
+        print("%-44s %-11s %-18s %-8s %7.1f  %s" % (m.name, path_of(m), m.file, result, secs,
+                                                    killed_by.replace("tests/", "", 1)))
     killed = sum(1 for r in results if r[1] == "killed")
     print("\n%d mutants: %d killed, %d survived, %d errors; %.0f s in all"
           % (len(results), killed, sum(1 for r in results if r[1] == "SURVIVED"),
