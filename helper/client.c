@@ -211,6 +211,14 @@ void run_unprivileged(const char *program, char **prog_argv, char **envp)
 {
 	struct program prog;
 
+	/* A closed fd 0-2 of the caller: keep the number taken, so that the
+	 * socket opened below does not become fd 2 and receive our messages
+	 * (a refusal written into the broker's connection).  O_CLOEXEC: the
+	 * program sees the fd closed, as the caller had it. */
+	for (int fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR | O_CLOEXEC) != fd)
+			_exit(EXIT_REFUSE);
+
 	broker_client(program, prog_argv, envp);
 	int connect_errno = errno;
 	allow_check_program(program, 0, in_initial_userns(), &prog);

@@ -260,8 +260,11 @@ void supervise_main(int argc, char **argv)
 
 	/* Only cgnetnsd, running as root, starts this mode.  A set-user-ID
 	 * exec gives euid 0 but keeps the caller's real uid and sets
-	 * AT_SECURE, so neither a user nor a process in a user namespace can
-	 * reach what follows through the installed helper's set-user-ID bit. */
+	 * AT_SECURE, so no user reaches what follows through the installed
+	 * helper's set-user-ID bit.  Root of a user namespace of its own does
+	 * reach it (uid 0 there, no set-user-ID exec) and gains nothing: it has
+	 * no capability over the initial namespaces, and root's files show
+	 * unmapped there, so the allow list and the pins are refused. */
 	if (getuid() != 0 || geteuid() != 0 || getauxval(AT_SECURE))
 		die(EXIT_REFUSE, "--supervise is the mode cgnetnsd runs as real root; "
 		    "it is not for users");

@@ -1303,9 +1303,6 @@ def test_t08_closed_standard_fds(request, henv, world, via):
         assert f.read() == ""
 
 
-@pytest.mark.xfail(strict=True, reason="C problem (helper/client.c): with fd 2 closed the "
-                   "broker connection becomes fd 2, a refusal's line is written into it, and the "
-                   "client dies of SIGPIPE once supervise has closed its end")
 def test_t08_broker_client_with_only_stderr_closed(request, henv, world):
     """Broker path, only fd 2 closed: the client's connection to the broker
     takes fd 2 (no secure mode here, so nothing fills it first).  A refusal
