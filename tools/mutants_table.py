@@ -140,6 +140,13 @@ BROKER_T = T + "test_t14_broker_supervisor_is_the_caller[%s]"
 
 BROKER = [
     Mutant(
+        "supervisor-any-family", "helper/notify.c",
+        "\t\t\t      (domain == AF_INET || domain == AF_INET6) &&\n",
+        "\t\t\t      1 &&\n",
+        ["tests/test_broker.py::test_t22_only_inet_sockets_are_ever_minted"],
+        "a socket() of any family the caller's own filter sends is minted (an AF_UNIX "
+        "socket in the approved namespace reaches its abstract names)"),
+    Mutant(
         "supervisor-any-executable", "helper/notify.c",
         "static int task_runs_allowed(int proc_fd, unsigned pid, const struct supervision *sv)\n"
         "{\n",
