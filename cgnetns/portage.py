@@ -23,14 +23,16 @@ What :func:`start` does, as root:
 4. points Portage at the build: ``PORTAGE_CGROUP_ROOT=<build>/portage``
    (FEATURES=cgroup's ``emerge-<pid>/<cpv>``, and the depend phase's
    ``<cpv>`` leaves, go inside the build, on the unified and the hybrid
-   layout alike: Portage's cgroup2 mount point is set to cgnetns's) and ``PORTAGE_CGNETNS_MASQ=<cgnetns masquerade directory>``
-   (with FEATURES=distcc the patched doebuild puts it first in PATH instead
-   of distcc's own masquerade, and starts no SOCKS relay), in the settings it
-   is given, in Portage's default, and in the environment (for configs made
-   later);
+   layout alike: Portage's cgroup2 mount point is set to cgnetns's) and
+   ``PORTAGE_CGNETNS_MASQ=<cgnetns masquerade directory>`` (with
+   FEATURES=distcc the patched doebuild puts it first in PATH instead of
+   distcc's own masquerade, and starts no SOCKS relay), in the settings it
+   is given, in Portage's defaults, and in the environment (for configs
+   made later);
 5. on ``close()``: takes emerge back out of the build, then removes the
    build, killing whatever is left in it.  An emerge killed with SIGKILL
-   leaves an unlocked record: ``cgnetns-gc`` removes the rest.
+   leaves a record nobody holds (Build.enter: the processes Portage forks
+   without exec drop their copy): ``cgnetns-gc`` removes the rest.
 
 Any failure (not root, no cgroup2, a refusal, ...) is one warning on stderr
 and ``None``: emerge then works as it does without FEATURES=cgnetns.
@@ -131,6 +133,7 @@ class PortageBuild:
         self.masq_dir = None
         self._pid = os.getpid()
         self._saved_env = {}
+        self._saved_portage = None
         if os.geteuid() != 0:
             raise CgnetnsError("%s runs as uid %d, not as root" % (name, os.geteuid()))
         broker = broker_start.broker_pid()  # one connection when a broker answers
@@ -173,6 +176,8 @@ class PortageBuild:
         # Configs without PORTAGE_CGROUP_ROOT (those made before this call,
         # e.g. the depend phase's) use the default; FEATURES=cgroup looks for
         # cgroup2 only at /sys/fs/cgroup, and the hybrid layout has it below.
+        self._saved_portage = (portage_cgroup, portage_cgroup.DEFAULT_CGROUP_ROOT,
+                               portage_cgroup._CGROUPFS)
         portage_cgroup.DEFAULT_CGROUP_ROOT = self.cgroup_root
         portage_cgroup._CGROUPFS = self.build.cgroup_root
 
@@ -187,6 +192,9 @@ class PortageBuild:
             else:
                 os.environ[key] = value
         self._saved_env = {}
+        if self._saved_portage is not None:
+            module, module.DEFAULT_CGROUP_ROOT, module._CGROUPFS = self._saved_portage
+            self._saved_portage = None
         build, self.build = self.build, None
         if build is not None:
             try:
