@@ -35,6 +35,7 @@ import signal
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 
 import pytest
@@ -610,16 +611,53 @@ def test_features_cgroup_nests_inside_the_build(host, playground, layout):
         pg = playground(make_conf=['FEATURES="%s distcc cgroup"' % BASE_FEATURES,
                                    *distcc_conf(topo.remote_addr),
                                    'PORTAGE_CGROUP_ROOT="/sys/fs/cgroup/portage-elsewhere"'])
-        r = emerge(h, pg)
+        with CgroupWatch() as seen:
+            r = emerge(h, pg)
         assert_emerged(pg, r)
         assert_all_remote(topo, r, ["part%d.c" % i for i in range(NFILES)])
     assert_only_lo(pg)
     assert "cgroup" in pg.phase()["features"].split()
+    # the depend phase's leaf (a bare <cpv>) was in the build, never at the root
+    leaf = CPV.replace("/", "_")
+    assert not [c for c in seen if c.startswith("/portage")], sorted(seen)
+    assert [c for c in seen if re.fullmatch(r"/cgnetns/emerge-[0-9a-f]{16}/portage/" + leaf,
+                                            c)], sorted(seen)
     phase_cgroup = pg.installed("cgroup.txt").strip()
     build = build_of(phase_cgroup)
     assert re.fullmatch(re.escape(build) + r"/portage/emerge-\d+/"
                         + re.escape(CPV.replace("/", "_")), phase_cgroup), phase_cgroup
     assert not os.path.exists(cgroup2_path("/portage-elsewhere"))
+
+
+class CgroupWatch:
+    """The cgroups (relative paths) that existed at some point below
+    <cgroup2>/portage and below this suite's builds in <cgroup2>/cgnetns, polled
+    every 20 ms while the with-block runs."""
+
+    def __init__(self):
+        self.root = cgroups.find_cgroup2()
+        self.seen = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        tops = [os.path.join(self.root, "portage")]
+        base = os.path.join(self.root, cgroups.CGNETNS_SUBTREE)
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(OSError):
+                tops[1:] = [os.path.join(base, n) for n in os.listdir(base)
+                            if n.startswith(("emerge-", "ebuild-"))]
+            for top in tops:
+                for d, _, _ in os.walk(top):
+                    self.seen.add(cgroups.to_rel(self.root, d))
+
+    def __enter__(self):
+        self._thread.start()
+        return self.seen
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 # -- two emerges from two network namespaces -----------------------------------------------
