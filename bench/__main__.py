@@ -1,7 +1,9 @@
-"""python -m bench [--part NAME]... [--quick] [--rst] [--json FILE]
+"""python -m bench [--part NAME]... [--quick] [--rst] [--json FILE] [--wait-idle S]
 
-Runs the benchmark parts (all by default) and prints one table on stdout;
-progress goes to stderr.  Exit status: 0 when every part ran, 1 when one
+Runs the benchmark parts (all by default) and prints the run's header (the
+command, the machine, the installed front and helper, other load) and one
+table on stdout; with --rst also both for README.rst.  Progress goes to
+stderr.  Exit status: 0 when every part ran, 1 when one
 failed (its row says why), 2 for a bad command line, 125 when not root,
 130 when interrupted (what was made is removed first, and the rows measured
 so far are printed).
@@ -22,7 +24,7 @@ from .common import (ALLOW, BenchError, Cleanup, Row, Session, busy_processes, c
                      machine_load, render_rst, render_text)
 
 PARTS = [("helper", "percall"), ("scale", "scale"), ("data", "datapath"),
-         ("distcc", "endtoend"), ("setup", "setupcost")]
+         ("distcc", "endtoend"), ("setup", "setupcost"), ("sandbox", "gentoo")]
 
 
 def _interrupt(signum, frame):
@@ -40,27 +42,31 @@ def wait_idle(sess, seconds):
 
 
 def tree_state():
-    """Which code was measured: the checkout's commit and the installed helper."""
+    """Which code was measured: the checkout's commit, the installed front and
+    helper (sha256 and install time)."""
     import hashlib
     import subprocess
-    from .common import HELPER, REPO
+    from .common import FRONT, HELPER, REPO
     try:
         head = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip() or "?"
     except OSError:
         head = "?"
-    try:
-        with open(HELPER, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:12]
-        helper = "%s (sha256 %s, installed %s)" % (HELPER, digest, time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(os.stat(HELPER).st_mtime)))
-    except OSError:
-        helper = "%s: not installed" % HELPER
-    return "checkout %s; helper %s" % (head, helper)
+
+    def installed(path):
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()[:12]
+            return "%s (sha256 %s, installed %s)" % (path, digest, time.strftime(
+                "%Y-%m-%d %H:%M", time.localtime(os.stat(path).st_mtime)))
+        except OSError:
+            return "%s: not installed" % path
+    return "checkout %s; front %s; helper %s" % (head, installed(FRONT), installed(HELPER))
 
 
-def header(sess, started, load0, busy0, elapsed, cpu0):
+def header(sess, started, load0, busy0, elapsed, cpu0, argv, state0):
     lines = [
+        "$ python3 -m bench %s" % " ".join(argv) if argv else "$ python3 -m bench",
         "cgnetns benchmarks (%s%s): %s, %d CPUs, Linux %s, Python %s" % (
             "quick" if sess.quick else "full", "" if sess.only is None else
             ", parts: " + ",".join(sess.only),
@@ -69,7 +75,11 @@ def header(sess, started, load0, busy0, elapsed, cpu0):
         "load average at start %s, at end %s; run took %.0f s" % (
             load0, machine_load(), elapsed),
     ]
-    lines.append(tree_state())
+    state = tree_state()
+    lines.append(state)
+    if state.split("; ", 1)[1] != state0.split("; ", 1)[1]:
+        lines.append("THE INSTALLED FRONT OR HELPER CHANGED DURING THE RUN (figures mix both); "
+                     "at the start: " + state0.split("; ", 1)[1])
     cpu1 = cpu_seconds()
     others = ((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / max(elapsed, 1e-9)
     lines.append("CPU used by other processes during the run: %.2f of %d CPUs%s" % (
@@ -108,6 +118,7 @@ def main(argv=None):
     sess.only = args.part
     busy0 = wait_idle(sess, args.wait_idle) if args.wait_idle else busy_processes()
     started = time.time()
+    state0 = tree_state()
     load0 = machine_load()
     cpu0 = cpu_seconds()
     if busy0:
@@ -119,6 +130,7 @@ def main(argv=None):
             ALLOW.remove(stale=True)
             stack.callback(ALLOW.remove, True)
             sess.compile_tools(stack)
+            sess.start_probe_server(stack)
             for name, module in PARTS:
                 if args.part and name not in args.part:
                     continue
@@ -140,7 +152,9 @@ def main(argv=None):
         interrupted = True
         sess.log("interrupted: cleaned up; rows so far follow")
 
-    print(header(sess, started, load0, busy0, time.time() - started, cpu0))
+    argv = sys.argv[1:] if argv is None else argv
+    head = header(sess, started, load0, busy0, time.time() - started, cpu0, argv, state0)
+    print(head)
     print()
     print(render_text(sess.rows))
     if sess.allow_rewrites:
@@ -151,6 +165,12 @@ def main(argv=None):
         for k, n in enumerate(sess.notes, 1):
             print("[%d] %s" % (k, n))
     if args.rst:
+        # For README.rst, verbatim: the run's header as a literal block, then
+        # the table.
+        print()
+        print("::")
+        print()
+        print("\n".join("    " + line for line in head.splitlines()))
         print()
         print(render_rst(sess.rows))
     if args.json:

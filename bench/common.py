@@ -21,13 +21,20 @@ import tempfile
 import time
 
 from cgnetns import build as cgbuild
+from cgnetns import paths
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HELPER = os.environ.get("CGNETNS_EXEC", "/usr/local/bin/cgnetns-exec")
-ALLOW_PATH = "/etc/cgnetns/allow"
-BROKER_SOCKET = "/run/cgnetns/cgnetnsd.sock"
+# What builds call: cgnetns-exec, the dynamic front without the set-user-ID
+# bit.  It execs the set-user-ID static helper where privilege can be gained,
+# and under no_new_privs is the broker's client itself (helper/front.c).
+FRONT = os.environ.get("CGNETNS_EXEC", paths.FRONT)
+HELPER = os.environ.get("CGNETNS_HELPER", paths.HELPER)
+# The front as a masquerade: a symlink named distcc (PROGRAM is its name).
+MASQ_DISTCC = os.path.join(paths.MASQ_BIN_DIR, "distcc")
+ALLOW_PATH = paths.ALLOW_PATH
+BROKER_SOCKET = paths.BROKER_SOCKET
 # /bin/true is /usr/bin/true on Debian (merged /usr).  The helper takes an
 # absolute PROGRAM only as an exact, canonical allow-list entry (no symlink on
 # the path), so every row runs the canonical path, baselines included.
@@ -89,7 +96,7 @@ class Row:
 def fmt(value, unit):
     if value is None:
         return "-"
-    if unit in ("KiB", "MiB/s"):
+    if unit in ("KiB", "MiB/s", "calls"):
         return "%d %s" % (round(value), unit)
     if abs(value) >= 100:
         s = "%.1f" % value
@@ -347,6 +354,8 @@ class Session:
         self.busy = []         # names of other processes seen busy between parts
         self.allow_rewrites = 0  # loops run again after others rewrote the allow list
         self.nobody = pwd.getpwnam(BUILD_USER)
+        self.probe = None
+        self.broker = None     # the run's cgnetnsd (BrokerProcess), once tools are compiled
 
     def log(self, msg):
         sys.stderr.write("bench: %s\n" % msg)
@@ -374,21 +383,19 @@ class Session:
         self.tooldir = tempfile.mkdtemp(prefix="cgnetns-bench.", dir="/run")
         stack.callback(shutil.rmtree, self.tooldir, True)
         os.chmod(self.tooldir, 0o755)
+        self.broker = BrokerProcess(self)
+        stack.callback(self.broker.stop)
         for name in TOOLS:
             out = os.path.join(self.tooldir, name)
             _compile([cc, "-O2", "-Wall", "-o", out, os.path.join(HERE, name + ".c")])
             self.tools[name] = out
-        # For the helper's peak RSS: a static no-op as its program (see rssprobe.c).
-        out = os.path.join(self.tooldir, "noop")
-        musl = shutil.which("musl-gcc", path=SYSTEM_PATH)
-        try:
-            _compile([musl or cc, "-O2", "-static", "-s", "-o", out, os.path.join(HERE, "noop.c")])
-        except BenchError:
-            _compile([cc, "-O2", "-s", "-o", out, os.path.join(HERE, "noop.c")])
-        self.tools["noop"] = out
 
     def tool(self, name):
         return self.tools[name]
+
+    def start_probe_server(self, stack):
+        """The server that the join and broker probes connect to (ProbeServer)."""
+        self.probe = ProbeServer(self, stack)
 
 
 def _compile(argv):
@@ -404,6 +411,7 @@ def start_outside(argv, user=None, env=None, **kw):
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     ALLOW.ensure()
+    _ensure_broker()
     if user is not None:
         uid, gid, groups = cgbuild.resolve_user(user)
         kw.update(user=uid, group=gid, extra_groups=groups)
@@ -422,6 +430,7 @@ def start_in_build(cgroup_path, argv, user=None, unshare_net=True, env=None, **k
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     ALLOW.ensure()
+    _ensure_broker()
     if unshare_net:
         import pyroute2  # noqa: F401 -- imported before fork, as Build.spawn does
     ids = None if user is None else cgbuild.resolve_user(user)
@@ -484,11 +493,17 @@ def _loop(sess, start, argv, n, warm, nnp, what, expect_status):
     return samples if cmds is argv else samples[0]
 
 
-def peak_rss(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=None):
-    """Median resident set (KiB) of ARGV's last image, exactly (bench/rssprobe.c).
-    START_ROOT must start its argument as root; the program runs as USER."""
-    uid, gid, _ = cgbuild.resolve_user(user)
-    cmd = [sess.tool("rssprobe"), "-n", str(n), "-u", str(uid), "-g", str(gid)]
+def exec_probe(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=None):
+    """System calls and resident set of each image of one process running
+    ARGV (bench/rssprobe.c), N calls: a list with, per image in exec order
+    (e.g. front, helper, program), the medians (syscalls, RSS KiB, syscalls
+    before its first prctl, i.e. a front's start-up before main).  Every call
+    must go through the same images.  START_ROOT must start its argument as
+    root; the program runs as USER (None: as whoever START_ROOT starts)."""
+    cmd = [sess.tool("rssprobe"), "-n", str(n)]
+    if user is not None:
+        uid, gid, _ = cgbuild.resolve_user(user)
+        cmd += ["-u", str(uid), "-g", str(gid)]
     if nnp:
         cmd.append("-P")
     what = what or argv[0]
@@ -496,20 +511,25 @@ def peak_rss(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=None
         proc = start_root(cmd + ["--"] + list(argv))
         out, err = communicate(proc, what=what)
         err = last_line(err)
-        vals, statuses = [], set()
+        calls, statuses = [], set()
         for line in out.decode().split("\n"):
             if line.strip():
-                kib, status = line.split()
-                statuses.add(os.waitstatus_to_exitcode(int(status)))
-                vals.append(int(kib))
+                f = line.split()
+                statuses.add(os.waitstatus_to_exitcode(int(f[0])))
+                calls.append([tuple(int(x) for x in img.split(":")) for img in f[1:]])
         if statuses == {126} and "not in the allow list" in err:
             sess.allow_rewrites += 1
             ALLOW.ensure()
             continue
-        if proc.returncode != 0 or statuses != {0} or len(vals) != n or min(vals) < 0:
+        if proc.returncode != 0 or statuses != {0} or len(calls) != n:
             raise BenchError("%s: under rssprobe: exit statuses %s: %s" % (
                 what, sorted(statuses), err))
-        return median(vals)
+        shapes = {len(c) for c in calls}
+        if len(shapes) != 1 or any(img[1] < 0 for c in calls for img in c):
+            raise BenchError("%s: under rssprobe: calls went through %s images" % (
+                what, sorted(shapes)))
+        k = shapes.pop()
+        return [tuple(median([c[i][j] for c in calls]) for j in range(3)) for i in range(k)]
     raise BenchError("%s: the allow list kept being rewritten under the benchmark" % what)
 
 
@@ -597,61 +617,77 @@ READLINK = os.path.realpath("/usr/bin/readlink")
 
 
 def helper_missing():
-    """Why the set-user-ID helper cannot be measured, or None when it can."""
+    """Why the front and the set-user-ID helper cannot be measured, or None."""
     try:
         st = os.stat(HELPER)
     except FileNotFoundError:
         return "not installed: %s is missing (make install)" % HELPER
     if st.st_uid != 0 or not st.st_mode & 0o4000:
         return "%s is not set-user-ID root" % HELPER
+    try:
+        st = os.stat(FRONT)
+    except FileNotFoundError:
+        return "not installed: %s is missing (make install)" % FRONT
+    if st.st_mode & 0o6000:
+        return "%s is set-user-ID or set-group-ID: an old install (make install)" % FRONT
     return None
 
 
-def parent_netns():
-    return os.readlink("/proc/self/ns/net")
+class ProbeServer:
+    """A TCP server (bench/tcpbench.c) on 127.0.0.1 in the parent network
+    namespace.  "Joined" is a connect reaching it from inside a build, whose
+    own namespace has only lo: on the set-user-ID path the program runs in
+    the parent namespace (setns); on the broker path it stays in its own and
+    only its sockets are made in the parent one, so /proc/self/ns/net would
+    not tell."""
+
+    def __init__(self, sess, stack):
+        tcp = sess.tool("tcpbench")
+        self.proc = subprocess.Popen([tcp, "serve"], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, cwd="/", start_new_session=True)
+        stack.callback(kill_wait, self.proc)
+        stack.callback(self.proc.stdout.close)
+        self.port = self.proc.stdout.readline().decode().strip()
+        if not self.port.isdigit():
+            raise BenchError("tcpbench server did not start")
+        self.client = [tcp, "client", self.port, "1", "0", "0"]
 
 
-def probe(start, nnp=False):
-    """Run ``cgnetns-exec readlink /proc/self/ns/net`` through START; return
-    (exit status, the netns the program ran in, stderr)."""
-    argv = [HELPER, READLINK, "/proc/self/ns/net"]
-    if nnp:
-        argv = ["/usr/bin/setpriv", "--no-new-privs"] + argv
-    proc = start(argv)
-    out, err = communicate(proc, timeout=60, what="probe")
-    return proc.returncode, out.decode(errors="replace").strip(), \
-        err.decode(errors="replace").strip()
+def _connect_probe(sess, start, prefix, what):
+    """(exit status, stderr's last line) of one connect from START, through PREFIX."""
+    ALLOW.add([sess.tool("tcpbench")])
+    proc = start(prefix + sess.probe.client)
+    out, err = communicate(proc, timeout=60, what=what)
+    ok = proc.returncode == 0 and out.decode(errors="replace").startswith("lat ")
+    return (0 if ok else proc.returncode or 1), last_line(err)
 
 
-def check_join(start):
-    """None when the helper, started by START inside a build, really runs its
-    program in the parent namespace; else the reason it does not."""
+def _check(sess, start, nnp, what):
     missing = helper_missing()
     if missing:
         return missing
-    rc, ns, err = probe(start)
-    if rc != 0 or ns != parent_netns():
-        return "join probe failed (exit %d, ran in %s, expected %s): %s" % (
-            rc, ns or "?", parent_netns(), err.splitlines()[-1] if err else "")
-    return None
-
-
-def check_broker(start):
-    """None when the helper under no_new_privs, started by START inside a
-    build, gets its program run in the parent namespace through cgnetnsd;
-    else why not.  A helper without the client mode runs the program where
-    it is (with a notice): that is "not implemented"."""
-    missing = helper_missing()
-    if missing:
-        return missing
-    rc, ns, err = probe(start, nnp=True)
-    if rc == 0 and ns == parent_netns():
+    rc, err = _connect_probe(sess, start, [], what + " control")
+    if rc == 0:
+        return "%s: the build reaches the parent namespace's server without cgnetns" % what
+    prefix = ["/usr/bin/setpriv", "--no-new-privs"] if nnp else []
+    rc, err = _connect_probe(sess, start, prefix + [FRONT], what)
+    if rc == 0:
         return None
-    last = err.splitlines()[-1] if err else ""
-    if "broker not available" in last or (rc == 0 and ns != parent_netns()):
-        return "not implemented (the helper has no broker client mode yet: %s)" % (
-            last or "the program ran in the build's own namespace")
-    return "broker probe failed (exit %d): %s" % (rc, last)
+    return "%s failed (exit %d): %s" % (what, rc, err)
+
+
+def check_join(sess, start):
+    """None when ``cgnetns-exec PROGRAM`` (the front, which execs the
+    set-user-ID helper), started by START inside a build, gives PROGRAM a
+    connection to the parent namespace (and PROGRAM alone has none); else why
+    not."""
+    return _check(sess, start, False, "join probe (set-user-ID path)")
+
+
+def check_broker(sess, start):
+    """The same under no_new_privs, where the front is the broker's client:
+    None when PROGRAM's socket reaches the parent namespace through cgnetnsd."""
+    return _check(sess, start, True, "broker probe (no_new_privs)")
 
 
 def broker_pid():
@@ -671,25 +707,73 @@ def broker_pid():
         s.close()
 
 
+def _broker_lock_held():
+    """Whether some cgnetnsd holds the broker's lock (its flock in /proc/locks).
+    Read, never taken: taking it, even for a moment, could make a broker that
+    someone else is starting fail."""
+    try:
+        st = os.stat(paths.BROKER_LOCK)
+        with open("/proc/locks") as f:
+            text = f.read()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:1450715 0 EOF" (a waiter: "1: -> FLOCK ...")
+        f = line.split()
+        if "FLOCK" not in f or "->" in f:
+            continue
+        i = f.index("FLOCK")
+        try:
+            maj, mnr, ino = f[i + 4].split(":")
+            if int(ino) == st.st_ino and os.makedev(int(maj, 16), int(mnr, 16)) == st.st_dev:
+                return True
+        except (IndexError, ValueError):
+            continue
+    return False
+
+
+ACTIVE_BROKER = None
+
+
+def _ensure_broker():
+    if ACTIVE_BROKER is not None:
+        ACTIVE_BROKER.ensure()
+
+
 class BrokerProcess:
-    """A cgnetnsd for the benchmark: one already answering on the socket (a
-    service, or one that cgnetns-run started), else one started here and
-    stopped by its PID."""
+    """The run's cgnetnsd, one for the whole run (Session.broker): one
+    already answering on the socket (a service, or one that cgnetns-run or a
+    test started), else one started here and stopped by its PID when the run
+    ends.  Other engineers' tests start and stop brokers on the same socket:
+    before each measurement (start_outside, start_in_build) ``ensure()``
+    starts ours again when none holds the broker's lock any more."""
 
     def __init__(self, sess):
         self.sess = sess
         self.proc = None
         self.foreign_pid = None
+        self.result = False       # not started yet
+        self.restarts = 0
         self.log_path = os.path.join(sess.tooldir, "cgnetnsd.log")
 
     def start(self):
         """Make sure one answers; return None, or why none can."""
+        global ACTIVE_BROKER
+        if self.result is not False:
+            return self.result
         self.foreign_pid = broker_pid()
         if self.foreign_pid:
             self.sess.note("cgnetnsd: the broker already running (pid %d) was used; its peak "
                            "RSS covers its whole life." % self.foreign_pid)
-            return None
-        log = open(self.log_path, "wb")
+            self.result = None
+        else:
+            self.result = self._spawn()
+        if self.result is None:
+            ACTIVE_BROKER = self
+        return self.result
+
+    def _spawn(self):
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(command("cgnetnsd", "CGNETNSD"), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, env=child_env(),
@@ -701,10 +785,27 @@ class BrokerProcess:
             if self.proc.poll() is not None:
                 return "cgnetnsd exited with status %d: %s" % (self.proc.returncode,
                                                               self.log_tail())
-            if broker_pid():
+            if _broker_lock_held() and broker_pid():
                 return None
             time.sleep(0.02)
         return "cgnetnsd did not listen within 10 s"
+
+    def ensure(self):
+        if self.result is not None:
+            return
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if _broker_lock_held():
+            return
+        self.restarts += 1
+        self.foreign_pid = None
+        if self.proc is not None:
+            kill_wait(self.proc, timeout=5)
+            self.proc = None
+        self.sess.log("cgnetnsd: the broker in use has gone; starting one")
+        why = self._spawn()
+        if why:
+            self.sess.log("cgnetnsd: %s" % why)
 
     def log_tail(self):
         try:
@@ -728,5 +829,11 @@ class BrokerProcess:
         return None
 
     def stop(self):
+        global ACTIVE_BROKER
+        ACTIVE_BROKER = None
+        if self.restarts:
+            self.sess.note("cgnetnsd: the broker in use went away during the run (another "
+                           "engineer's test stopping its own); one was started again %d "
+                           "time(s)." % self.restarts)
         if self.proc is not None:
             kill_wait(self.proc, timeout=5)

@@ -9,10 +9,13 @@ fallback off: every object is compiled remotely, which distccd's log proves
 
 * direct: make runs as the build user in the parent namespace, CC="distcc gcc";
 * set-user-ID path: ``cgnetns-run --unshare-net --user nobody -- make ...``
-  with CC="cgnetns-exec distcc gcc": the build has no network, each distcc
-  call is put back into the parent namespace by the helper;
+  with CC="cgnetns-exec distcc gcc": the build has no network; the front
+  execs the set-user-ID helper, which puts each distcc call back into the
+  parent namespace;
 * broker path: the same under ``setpriv --no-new-privs`` (Gentoo's sandbox
-  sets it), where cgnetns-exec must go through cgnetnsd.
+  sets it), where the front is cgnetnsd's client: distcc stays in the
+  build's namespace and its sockets are made in the parent one by a
+  per-call supervisor.  (Part 6 does this inside Gentoo's real sandbox.)
 
 The figure is make's own wall time, measured inside the build by spawnloop
 (so cgnetns-run's start-up, which part 5 measures, is not in it); the whole
@@ -28,7 +31,7 @@ import time
 
 from cgnetns.topology import Topology, TopologyError
 
-from .common import (HELPER, READLINK, BUILD_USER, BenchError, BrokerProcess, Cleanup, Row,
+from .common import (FRONT, BUILD_USER, BenchError, Cleanup, Row,
                      allow_listed, check_broker, check_join, child_env, command, communicate,
                      last_line, loop, median, new_build, start_in_build, start_outside)
 
@@ -82,7 +85,7 @@ def run(sess):
     reps = sess.pick(6, 2)
     n_one = sess.pick(8, 4)
     with Cleanup() as stack:
-        stack.enter_context(allow_listed([DISTCC, READLINK]))
+        stack.enter_context(allow_listed([DISTCC]))
         work = tempfile.mkdtemp(prefix="cgnetns-bench-distcc.")
         stack.callback(shutil.rmtree, work, True)
         os.chmod(work, 0o755)
@@ -103,14 +106,13 @@ def run(sess):
         def probe_start(argv):
             return start_in_build(probe_build.cgroup_path, argv, user=BUILD_USER)
 
-        join_why = check_join(probe_start)
-        broker = BrokerProcess(sess)
+        join_why = check_join(sess, probe_start)
+        broker = sess.broker
         broker_why = join_why
         if broker_why is None:
             broker_why = broker.start()
-            stack.callback(broker.stop)
         if broker_why is None:
-            broker_why = check_broker(probe_start)
+            broker_why = check_broker(sess, probe_start)
         probe_build.close()
 
         timed = [sess.tool("spawnloop"), "-n", "1", "-w", "0", "--"]
@@ -118,10 +120,10 @@ def run(sess):
         run_cmd = command("cgnetns-run") + ["--unshare-net", "--user", BUILD_USER, "--"]
         variants = {"direct": (False, timed + make + ["CC=distcc gcc"])}
         if join_why is None:
-            variants["setuid"] = (True, run_cmd + timed + make + ["CC=%s distcc gcc" % HELPER])
+            variants["setuid"] = (True, run_cmd + timed + make + ["CC=%s distcc gcc" % FRONT])
         if broker_why is None:
             variants["broker"] = (True, run_cmd + ["/usr/bin/setpriv", "--no-new-privs"] + timed
-                                  + make + ["CC=%s distcc gcc" % HELPER])
+                                  + make + ["CC=%s distcc gcc" % FRONT])
 
         def build(name):
             for attempt in range(4):
@@ -186,9 +188,9 @@ def run(sess):
                              ["/usr/bin/distcc"] + compile_argv[1:], False)}
         if join_why is None:
             places["setuid"] = (lambda a: start_in_build(cb.cgroup_path, a, user=BUILD_USER,
-                                                         env=env), [HELPER] + compile_argv, False)
+                                                         env=env), [FRONT] + compile_argv, False)
         if broker_why is None:
-            places["broker"] = (places["setuid"][0], [HELPER] + compile_argv, True)
+            places["broker"] = (places["setuid"][0], [FRONT] + compile_argv, True)
         per_call = {k: [] for k in places}
         before = topo.count_compile_ok()
         for r in range(reps):

@@ -1,4 +1,11 @@
-"""Part 1 (helper): what one cgnetns-exec call costs, and its peak memory.
+"""Part 1 (helper): what one cgnetns-exec call costs, its system calls and
+its memory.
+
+Builds call ``cgnetns-exec`` (/usr/local/bin): a dynamic front without the
+set-user-ID bit.  Where privilege can be gained it execs the set-user-ID
+static helper (/usr/local/lib/cgnetns/cgnetns-helper); under no_new_privs it
+is the broker's client itself.  Every row below calls the front, as builds
+do, except one reference row that calls the helper directly.
 
 Every figure is the per-call time of a loop of calls made by one spawnloop
 process (bench/spawnloop.c), so that process start-up is inside the figure.
@@ -6,40 +13,44 @@ Two spawnloop drivers run as root, one outside any build and one in a build
 made with cgnetns.build.Build, in a new network namespace (lo only); each
 calls its commands in turn, call by call, each as root or as the build user:
 
-* join path (in the build, as the build user): ``cgnetns-exec true``
-  resolves the build, joins the parent namespace, drops privilege and
-  executes true;
+* join path (in the build, as the build user): ``cgnetns-exec true``: the
+  front execs the helper, which resolves the build, joins the approved
+  namespace, drops privilege and executes true;
 * pass-through (outside, as the build user): the same call;
-* broker path (in the build, as the build user with no_new_privs, which
-  ``setpriv --no-new-privs`` sets): the helper gains nothing from its
-  set-user-ID bit and asks cgnetnsd;
+* broker path (in the build, as the build user with no_new_privs, as
+  Gentoo's sandbox sets it): the front asks cgnetnsd, installs the seccomp
+  filter, hands its listener to the per-call supervisor and executes true in
+  place;
 * the alternatives (in the build, as root): ``nsenter --net=PIN true`` (PIN:
   the build's own pin) and ``ip netns exec NS true``;
 * baselines: true itself, from each place, as each user.
 
-Peak RSS: the exact resident set of the helper just before it executes its
-program (bench/rssprobe.c; ru_maxrss is too coarse for a static program on
-this kernel), with a static no-op as the program; true's at its exit.
+System calls and peak RSS (bench/rssprobe.c, ptrace): per image of the
+calling process -- the front, the helper, the program -- the system calls it
+made from the exec that started it to the exec that replaced it, and its
+resident set at that moment.  "Client's system calls" is the sum over the
+images before the program's: what a call costs in system calls between the
+front's execve and the program's.
 """
 
 import os
 import subprocess
 import sys
 
-from .common import (HELPER, READLINK, TRUE, BUILD_USER, BrokerProcess, Cleanup, Row, allow_listed,
-                     check_broker, check_join, interleaved, ms, new_build, peak_rss, start_in_build,
-                     signals_held, start_outside, child_env)
+from .common import (FRONT, HELPER, TRUE, BUILD_USER, Cleanup, Row, allow_listed,
+                     check_broker, check_join, exec_probe, interleaved, ms, new_build,
+                     start_in_build, signals_held, start_outside, child_env)
 
 PART = 1
 NAME = "helper"
+SYSCALL_TARGET = 60
 
 
 def run(sess):
     n = sess.pick(100, 40)
     rounds = sess.pick(10, 3)
-    noop = sess.tool("noop")
     with Cleanup() as stack:
-        stack.enter_context(allow_listed([TRUE, READLINK, noop]))
+        stack.enter_context(allow_listed([TRUE]))
         b = new_build(stack, "bench-helper")
         netns = "cgnb-%s" % os.urandom(4).hex()
         with signals_held():
@@ -52,14 +63,13 @@ def run(sess):
         def inside_root(argv):
             return start_in_build(b.cgroup_path, argv)
 
-        join_why = check_join(inside)
-        broker = BrokerProcess(sess)
+        join_why = check_join(sess, inside)
+        broker = sess.broker
         broker_why = join_why
         if broker_why is None:
             broker_why = broker.start()
-            stack.callback(broker.stop)
         if broker_why is None:
-            broker_why = check_broker(inside)
+            broker_why = check_broker(sess, inside)
 
         # Two drivers (spawnloop, as root), one outside any build and one in
         # the build's netns; each calls its commands in turn, call by call, as
@@ -72,10 +82,11 @@ def run(sess):
                        "nsenter": ["/usr/bin/nsenter", "--net=" + b.pin_path, TRUE],
                        "ipnetns": ["/usr/sbin/ip", "netns", "exec", netns, TRUE]}
         if join_why is None:
-            outside_cmds["pass"] = [user, HELPER, TRUE]
-            inside_cmds["join"] = [user, HELPER, TRUE]
+            outside_cmds["pass"] = [user, FRONT, TRUE]
+            inside_cmds["join"] = [user, FRONT, TRUE]
+            inside_cmds["helper"] = [user, HELPER, TRUE]
         if broker_why is None:
-            inside_cmds["broker"] = [user + ":nnp", HELPER, TRUE]
+            inside_cmds["broker"] = [user + ":nnp", FRONT, TRUE]
         places = {"outside": (start_outside, list(outside_cmds.values()), {}),
                   "inside": (inside_root, list(inside_cmds.values()), {})}
         sess.log("helper: %d commands x %d rounds x %d calls" % (
@@ -84,19 +95,20 @@ def run(sess):
         got = dict(zip(outside_cmds, res["outside"]))
         got.update(zip(inside_cmds, res["inside"]))
 
-        # Peak RSS: a few calls each are enough (the figure does not vary).
-        rss_n = 10
-        rss_true = peak_rss(sess, inside_root, [TRUE], rss_n)
-        rss_noop = peak_rss(sess, inside_root, [noop], rss_n)
-        rss_join = rss_client = None
+        # System calls and RSS per image: a few calls each are enough (the
+        # figures do not vary from call to call).
+        pn = 10
+        img = {"true": exec_probe(sess, inside_root, [TRUE], pn)}
         if join_why is None:
-            rss_join = peak_rss(sess, inside_root, [HELPER, noop], rss_n, what="helper rss")
+            img["join"] = exec_probe(sess, inside_root, [FRONT, TRUE], pn, what="join probe")
+            img["pass"] = exec_probe(sess, start_outside, [FRONT, TRUE], pn, what="pass probe")
         if broker_why is None:
-            rss_client = peak_rss(sess, inside_root, [HELPER, noop], rss_n, nnp=True,
-                                  what="client rss")
+            img["broker"] = exec_probe(sess, inside_root, [FRONT, TRUE], pn, nnp=True,
+                                       what="broker probe")
         broker_rss = broker.peak_rss_kib()
-        py_rss = peak_rss(sess, start_outside, [sys.executable, "-S", "-c", "pass"], 5,
-                          user="root", what="python rss")
+        py_rss = exec_probe(sess, start_outside, [sys.executable, "-S", "-c", "pass"], 5,
+                            user="root", what="python rss")[-1][1]
+    sess.raw["helper images (syscalls, rss KiB)"] = img
 
     t = {k: ms(v) for k, v in got.items()}
     cnt = {k: len(v) for k, v in got.items()}
@@ -118,20 +130,26 @@ def run(sess):
             n=cnt["ipnetns"], baseline="true (root)", baseline_value=t["true-root"]),
     ]
     if join_why is None:
-        rows.append(Row(PART, "cgnetns-exec true, join path (set-user-ID)", t["join"],
-                        n=cnt["join"], baseline="nsenter --net", baseline_value=t["nsenter"],
-                        target="<= 0.60x", met=t["join"] / t["nsenter"] <= 0.60))
-        sess.note("join path: %.3f ms per call, %.3f ms more than true run directly from the "
-                  "same place; nsenter --net adds %.3f ms." % (
-                      t["join"], t["join"] - t["true-in"], t["nsenter"] - t["true-root"]))
+        rows.append(Row(PART, "cgnetns-exec true, join path (set-user-ID, via the front)",
+                        t["join"], n=cnt["join"], baseline="nsenter --net",
+                        baseline_value=t["nsenter"], target="<= 0.60x",
+                        met=t["join"] / t["nsenter"] <= 0.60))
+        rows.append(Row(PART, "  the helper alone, called directly (no front)", t["helper"],
+                        n=cnt["helper"], baseline="nsenter --net",
+                        baseline_value=t["nsenter"]))
+        sess.note("join path: %.3f ms per call through the front, %.3f ms more than true run "
+                  "directly from the same place; the helper called directly adds %.3f ms, so "
+                  "the dynamic front costs %.3f ms; nsenter --net adds %.3f ms." % (
+                      t["join"], t["join"] - t["true-in"], t["helper"] - t["true-in"],
+                      t["join"] - t["helper"], t["nsenter"] - t["true-root"]))
         sess.note("helper: the rows run as the build user include the driver's switch to "
                   "that user in each child (setgroups, setresgid, setresuid before exec: true "
                   "as the build user %.3f ms, as root %.3f ms); the join-path ratio to nsenter "
                   "(run as root) is therefore on the conservative side." % (
                       t["true-in"], t["true-root"]))
     else:
-        rows.append(Row(PART, "cgnetns-exec true, join path (set-user-ID)", na="n/a",
-                        target="<= 0.60x"))
+        rows.append(Row(PART, "cgnetns-exec true, join path (set-user-ID, via the front)",
+                        na="n/a", target="<= 0.60x"))
         sess.note("helper rows not measured: %s" % join_why)
     if broker_why is None:
         added = t["broker"] - t["true-in"]
@@ -141,18 +159,44 @@ def run(sess):
         sess.note("broker path: %.3f ms added per call over true (%.3f ms over the set-user-ID "
                   "join path)." % (added, t["broker"] - t.get("join", float("nan"))))
     else:
-        rows.append(Row(PART, "cgnetns-exec true, broker path (no_new_privs)",
-                        na="n/a (not implemented)" if "not implemented" in broker_why
-                        else "n/a", target="< +2 ms"))
+        rows.append(Row(PART, "cgnetns-exec true, broker path (no_new_privs)", na="n/a",
+                        target="< +2 ms"))
         sess.note("broker path: %s" % broker_why)
-    rows.append(Row(PART, "peak RSS: cgnetns-exec, join path", rss_join,
-                    unit="KiB", n=rss_n if rss_join else None, baseline="true",
-                    baseline_value=rss_true, na=None if rss_join else "n/a"))
-    sess.note("peak RSS of the static no-op alone: %d KiB (so the join-path figure is the "
-              "helper's own)." % rss_noop)
-    if broker_why is None:
-        rows.append(Row(PART, "peak RSS: cgnetns-exec, broker client", rss_client,
-                        unit="KiB", n=rss_n, baseline="true", baseline_value=rss_true))
+
+    # System calls of the calling process before the program's execve.
+    def client_calls(key):
+        return sum(x[0] for x in img[key][:-1])
+
+    for key, label in (("pass", "pass-through"), ("join", "join path")):
+        if key in img:
+            rows.append(Row(PART, "syscalls, front's execve to true's: %s" % label,
+                            client_calls(key), unit="calls", n=pn))
+    if "broker" in img:
+        calls = client_calls("broker")
+        rows.append(Row(PART, "syscalls, front's execve to true's: broker client", calls,
+                        unit="calls", n=pn, target="<= %d" % SYSCALL_TARGET,
+                        met=calls <= SYSCALL_TARGET))
+    names = {"join": ("front", "helper"), "pass": ("front", "helper"), "broker": ("client",)}
+    sess.note("helper: system calls per image, from the front's execve to the program's "
+              "(ptrace): %s; true itself makes %d.  The front's first %d are ld.so's start-up "
+              "(before main)." % ("; ".join(
+                  "%s: %s" % (k, " + ".join("%s %d" % (nm, img[k][i][0])
+                                            for i, nm in enumerate(names[k])))
+                  for k in ("pass", "join", "broker") if k in img), img["true"][0][0],
+                  img.get("broker", img.get("join", [(0, 0, 0)]))[0][2]))
+
+    rss_true = img["true"][-1][1]
+    if "join" in img:
+        rows.append(Row(PART, "peak RSS: front (dynamic), set-user-ID path", img["join"][0][1],
+                        unit="KiB", n=pn, baseline="true", baseline_value=rss_true))
+        rows.append(Row(PART, "peak RSS: helper (static, set-user-ID), join path",
+                        img["join"][1][1], unit="KiB", n=pn, baseline="true",
+                        baseline_value=rss_true))
+    else:
+        rows.append(Row(PART, "peak RSS: helper, join path", unit="KiB", na="n/a"))
+    if "broker" in img:
+        rows.append(Row(PART, "peak RSS: front as broker client", img["broker"][0][1],
+                        unit="KiB", n=pn, baseline="true", baseline_value=rss_true))
     rows.append(Row(PART, "peak RSS: cgnetnsd (VmHWM)%s" % (
         "" if broker_why is None else ", idle"), broker_rss, unit="KiB",
                     baseline="python -S -c pass", baseline_value=py_rss,

@@ -1,23 +1,43 @@
-/* rssprobe: the resident set of a program at its last moment, exactly.
+/* rssprobe: per image of one process, its system calls and its resident set
+ * at its last moment, exactly.
  *
  *   rssprobe [-n N] [-u UID -g GID] [-P] -- PROGRAM [ARG...]
  *
+ * The child is traced (PTRACE_TRACEME, asked while still root: a set-user-ID
+ * exec then still takes effect, because the tracer's credentials recorded at
+ * TRACEME carry CAP_SYS_PTRACE) and stopped at the entry and exit of every
+ * system call.  An "image" is what runs between two successful execs: for
+ * ``cgnetns-exec PROGRAM`` on the set-user-ID path, image 1 is the front
+ * (dynamic: ld.so's start-up included), image 2 the set-user-ID helper,
+ * image 3 PROGRAM; on the broker path, image 1 is the front as the broker's
+ * client and image 2 PROGRAM.  For each image:
+ *
+ *   syscalls  the system calls it made, from the first after the exec that
+ *             started it to the exec that replaced it (that exec included;
+ *             an exec that failed counts as one call of the image that made
+ *             it), or to its exit_group (included);
+ *   rss       /proc/PID/smaps_rollup's Rss at the entry of that last exec or
+ *             exit_group: the image's resident set at its end;
+ *   start     of those, the calls before its first prctl(2): for a dynamic
+ *             front whose main() starts with prctl(PR_GET_NO_NEW_PRIVS), its
+ *             start-up (ld.so, and where Gentoo's sandbox preloads it,
+ *             libsandbox's constructor); -1 when the image made no prctl.
+ *
  * ru_maxrss cannot measure a small static program on recent kernels: the
- * per-mm counters are per-CPU and read approximately (an error of up to
- * ~32 pages a CPU), so a helper of a few hundred KiB reads as 0.  Instead the
- * child is traced (PTRACE_TRACEME, asked while still root: a set-user-ID exec
- * then still takes effect) and stopped at each entry to execve, execveat or
- * exit_group after its first exec: there /proc/PID/smaps_rollup gives the
- * exact resident set of the image that is about to be replaced or to end.
- * For cgnetns-exec that is the helper's own memory just before it executes
- * the program (or, as a broker client, just before it exits).
+ * per-mm counters are per-CPU and read approximately (an error of up to ~32
+ * pages a CPU), so a helper of a few hundred KiB reads as 0; hence the stop.
+ * Only the traced process is followed (no fork is traced): cgnetns-exec
+ * forks nothing on either path.
  *
  * The child drops to UID/GID (-u/-g, no supplementary groups) and, with -P,
- * sets no_new_privs before it executes PROGRAM.  Output: one line per call,
- * "<largest Rss seen, KiB> <wait status>".  Needs root.
+ * sets no_new_privs before it executes PROGRAM.  Without -u it keeps the
+ * caller's ids (rssprobe may then run as any user, e.g. inside Gentoo's
+ * sandbox as the build user).  Output: one line per call,
  *
- * Part of cgnetns' benchmarks (bench/); compiled at bench time with gcc.
- */
+ *   <wait status> <syscalls>:<rss KiB>:<start> [<syscalls>:<rss KiB>:<start>]...
+ *
+ * one field per image in order.  Part of cgnetns' benchmarks (bench/);
+ * compiled at bench time with gcc. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +53,8 @@
 #include <unistd.h>
 
 extern char **environ;
+
+#define MAX_IMAGES 8
 
 static long rss_kib(pid_t pid)
 {
@@ -50,7 +72,12 @@ static long rss_kib(pid_t pid)
 	return p ? strtol(p + 5, NULL, 10) : -1;
 }
 
-static int one_call(char **cmd, long uid, long gid, int nnp, long *peak)
+struct image {
+	long syscalls, rss, start;
+};
+
+/* One call; returns its wait status, fills img[0..*nimg). */
+static int one_call(char **cmd, long uid, long gid, int nnp, struct image *img, int *nimg)
 {
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -61,9 +88,6 @@ static int one_call(char **cmd, long uid, long gid, int nnp, long *peak)
 		int devnull = open("/dev/null", O_WRONLY);
 		if (devnull >= 0)
 			dup2(devnull, 1);
-		/* TRACEME while still root: the kernel records the tracer's
-		 * credentials from the caller of TRACEME, and lets a set-user-ID
-		 * exec take effect only for a tracer with CAP_SYS_PTRACE. */
 		if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
 			_exit(124);
 		if (gid >= 0 && (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0))
@@ -76,15 +100,20 @@ static int one_call(char **cmd, long uid, long gid, int nnp, long *peak)
 		execve(cmd[0], cmd, environ);
 		_exit(127);
 	}
-	int status, execs = 0;
-	*peak = -1;
+	int status;
 	if (waitpid(pid, &status, 0) != pid || !WIFSTOPPED(status)) {
 		fprintf(stderr, "rssprobe: child did not stop\n");
 		exit(1);
 	}
 	ptrace(PTRACE_SETOPTIONS, pid, NULL,
 	       (void *)(long)(PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL));
-	int sig = 0;
+	/* cur: the image running now; 0 is the forked child before its
+	 * first exec (ours, not counted: no field is printed for it). */
+	int cur = 0, sig = 0;
+	long pending_rss = -1, in_exec = 0;
+	memset(img, 0, sizeof *img * MAX_IMAGES);
+	for (int k = 0; k < MAX_IMAGES; k++)
+		img[k].start = -1;
 	for (;;) {
 		if (ptrace(PTRACE_SYSCALL, pid, NULL, (void *)(long)sig) != 0) {
 			perror("rssprobe: PTRACE_SYSCALL");
@@ -97,29 +126,45 @@ static int one_call(char **cmd, long uid, long gid, int nnp, long *peak)
 			perror("rssprobe: waitpid");
 			exit(1);
 		}
-		if (WIFEXITED(status) || WIFSIGNALED(status))
+		if (WIFEXITED(status) || WIFSIGNALED(status)) {
+			*nimg = cur;
 			return status;
+		}
 		if (!WIFSTOPPED(status))
 			continue;
 		if (WSTOPSIG(status) != (SIGTRAP | 0x80)) {
+			/* The SIGTRAP after a successful exec is the kernel's,
+			 * not the program's: it is not passed on. */
 			sig = WSTOPSIG(status) == SIGTRAP ? 0 : WSTOPSIG(status);
 			continue;
 		}
 		struct __ptrace_syscall_info info;
 		if (ptrace(PTRACE_GET_SYSCALL_INFO, pid, (void *)sizeof info, &info) <= 0)
 			continue;
-		if (info.op != PTRACE_SYSCALL_INFO_ENTRY)
-			continue;
-		long nr = (long)info.entry.nr;
-		if (nr != SYS_execve && nr != SYS_execveat && nr != SYS_exit_group)
-			continue;
-		/* The first exec is the forked child's own (our memory, not the
-		 * program's): measure from the second stop on. */
-		if (nr != SYS_exit_group && execs++ == 0)
-			continue;
-		long r = rss_kib(pid);
-		if (r > *peak)
-			*peak = r;
+		if (info.op == PTRACE_SYSCALL_INFO_ENTRY) {
+			long nr = (long)info.entry.nr;
+			if (cur > 0 && nr == SYS_prctl && img[cur - 1].start < 0)
+				img[cur - 1].start = img[cur - 1].syscalls;
+			if (cur > 0)
+				img[cur - 1].syscalls++;
+			if (nr == SYS_execve || nr == SYS_execveat) {
+				in_exec = 1;
+				pending_rss = cur > 0 ? rss_kib(pid) : -1;
+			} else if (nr == SYS_exit_group && cur > 0) {
+				img[cur - 1].rss = rss_kib(pid);
+			}
+		} else if (info.op == PTRACE_SYSCALL_INFO_EXIT && in_exec) {
+			in_exec = 0;
+			if (info.exit.is_error)
+				continue;     /* still the same image */
+			if (cur > 0)
+				img[cur - 1].rss = pending_rss;
+			if (cur == MAX_IMAGES) {
+				fprintf(stderr, "rssprobe: more than %d execs\n", MAX_IMAGES);
+				exit(1);
+			}
+			cur++;
+		}
 	}
 }
 
@@ -143,9 +188,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	for (long i = 0; i < n; i++) {
-		long peak;
-		int status = one_call(argv + optind, uid, gid, nnp, &peak);
-		printf("%ld %d\n", peak, status);
+		struct image img[MAX_IMAGES];
+		int nimg = 0;
+		int status = one_call(argv + optind, uid, gid, nnp, img, &nimg);
+		printf("%d", status);
+		for (int k = 0; k < nimg; k++)
+			printf(" %ld:%ld:%ld", img[k].syscalls, img[k].rss, img[k].start);
+		printf("\n");
 	}
 	return fflush(stdout) == 0 ? 0 : 1;
 }
