@@ -113,7 +113,7 @@ install-man:
 
 demo:
 	@tools/ensure-deps demo
-	$(PYEXE) -m cgnetns.demo
+	$(PYEXE) -m testbed.demo
 
 check-deps:
 	@tools/ensure-deps test

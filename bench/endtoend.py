@@ -2,7 +2,7 @@
 
 A generated C project of 120 files (16 small functions each, so that a
 compile takes tens of milliseconds, as real code does) is built with
-``make -j4`` and distcc against the distccd of cgnetns.topology (a "remote
+``make -j4`` and distcc against the distccd of testbed.topology (a "remote
 host" in its own network namespace, reached over a veth pair), with local
 fallback off: every object is compiled remotely, which distccd's log proves
 (COMPILE_OK lines are counted after every build).  Three ways:
@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 
-from cgnetns.topology import Topology, TopologyError
+from testbed.topology import Topology, TopologyError
 
 from .common import (FRONT, BUILD_USER, BenchError, Cleanup, Row,
                      allow_listed, check_broker, check_join, child_env, command, communicate,

@@ -9,7 +9,7 @@ imported without pytest), so whichever runs first builds it and the other
 uses it.  It sets no_new_privs and preloads libsandbox.so into every dynamic
 program.  It runs as the build user (nobody) with SANDBOX_WRITE naming only
 the build's directories.  Every compile goes to the distccd of
-cgnetns.topology (another network namespace over a veth pair; local fallback
+testbed.topology (another network namespace over a veth pair; local fallback
 off, COMPILE_OK lines counted).  Two ways, alternated round by round:
 
 * baseline: network-sandbox off: the sandbox in the parent network
@@ -44,7 +44,7 @@ import subprocess
 import tempfile
 import time
 
-from cgnetns.topology import Topology, TopologyError
+from testbed.topology import Topology, TopologyError
 
 from .common import (FRONT, MASQ_DISTCC, REPO, SYSTEM_PATH, TRUE, BUILD_USER, BenchError,
                      Cleanup, Row, allow_listed, check_broker, check_join,

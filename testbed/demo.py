@@ -1,8 +1,8 @@
-"""``python3 -m cgnetns.demo`` (``make demo``): a sandboxed build that still
+"""``python3 -m testbed.demo`` (``make demo``): a sandboxed build that still
 compiles on a remote distcc server.
 
 It makes a throwaway "remote host" (a network namespace with a real distccd,
-see ``cgnetns.topology``), builds a small C project inside
+see ``testbed.topology``), builds a small C project inside
 ``cgnetns-run --unshare-net --user nobody`` with ``CC='cgnetns-exec distcc gcc'``,
 and shows from distccd's own log that every object was compiled there, while
 the build itself had no network: in the same build ``ip -o link`` lists only
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import paths
+from cgnetns import paths
 from .topology import SYSTEM_PATH, DISTCC_PORT, Topology, TopologyError
 
 ALLOW_PATH = paths.ALLOW_PATH
@@ -268,7 +268,7 @@ def run_demo(nfiles=8, jobs=4, keep=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python3 -m cgnetns.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m testbed.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--files", type=int, default=8, help="C files to build (default 8)")
     p.add_argument("--jobs", type=int, default=4, help="make -j (default 4)")
     p.add_argument("--keep", action="store_true", help="keep the project directory")

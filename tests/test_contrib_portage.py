@@ -209,7 +209,7 @@ def test_real_phases_under_cgnetns_run_compile_on_remote_distccd(tmp):
     installed masquerade directory, distcc to a remote distccd.  src_compile
     calls plain gcc; every object is compiled remotely, and the phase itself
     has only lo and cannot connect to the server."""
-    from cgnetns.topology import Topology, DISTCC_PORT
+    from testbed.topology import Topology, DISTCC_PORT
     masq = "/usr/local/lib/cgnetns/masq"
     if not os.path.isfile(os.path.join(masq, "gcc")):
         pytest.fail("the masquerade directory is not installed: run 'make install' first")

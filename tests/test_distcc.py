@@ -1,7 +1,7 @@
 """Real clients end to end (issue 5): distcc (TCP, ssh, pump), icecream and
 Portage's own process and cgroup code, each inside a cgnetns build that has no
 network of its own, against real servers in the test topology
-(cgnetns/topology.py).  "Compiled remotely" is read from the servers' own logs
+(testbed/topology.py).  "Compiled remotely" is read from the servers' own logs
 (distccd's COMPILE_OK lines, iceccd's finished remote jobs), and the distcc
 settings make a local fallback a failure (DISTCC_FALLBACK=0,
 DISTCC_SKIP_LOCAL_RETRY=1), so a build that silently compiled locally fails.
@@ -57,8 +57,8 @@ import time
 
 import pytest
 
-from cgnetns.demo import write_project
-from cgnetns.topology import DISTCC_PORT, SYSTEM_PATH, Topology
+from testbed.demo import write_project
+from testbed.topology import DISTCC_PORT, SYSTEM_PATH, Topology
 
 from conftest import CGNETNS_RUN, PY, repo_env, host_state
 
@@ -552,8 +552,8 @@ def test_portage_features_cgroup_nests_in_build_cgroup_distcc_resolves(helper, a
 # -- make demo ----------------------------------------------------------------------
 
 def test_demo_end_to_end(helper, allowed):
-    """python3 -m cgnetns.demo, as `make demo` runs it (the installed commands)."""
-    r = subprocess.run([PY, "-m", "cgnetns.demo"], env=repo_env(), capture_output=True,
+    """python3 -m testbed.demo, as `make demo` runs it (the installed commands)."""
+    r = subprocess.run([PY, "-m", "testbed.demo"], env=repo_env(), capture_output=True,
                        text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Demo passed" in r.stdout
@@ -565,7 +565,7 @@ def test_demo_end_to_end(helper, allowed):
 
 
 def test_demo_failure_is_one_line_without_traceback(monkeypatch, capsys):
-    from cgnetns import demo
+    from testbed import demo
     monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
     assert demo.main([]) == 1
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ outside the build, in the same namespace, are untouched.  Shown here:
   refusal, counters, two concurrent builds with different policies, a
   policy in another namespace (entered through the pin), teardown;
 * a distcc build against the test topology's remote host
-  (cgnetns/topology.py) plus a second server of the test's own on it:
+  (testbed/topology.py) plus a second server of the test's own on it:
   every object compiled remotely, while ``cgnetns-exec distcc python3 -c``
   (set-user-ID path: distcc's children run in the approved namespace) is
   refused at once by the kernel on the unlisted port; the broker path with
@@ -49,9 +49,9 @@ import pytest
 
 from cgnetns import cgroups, egress, namespaces, paths
 from cgnetns.build import Build
-from cgnetns.demo import write_project
+from testbed.demo import write_project
 from cgnetns.errors import CgnetnsError
-from cgnetns.topology import DISTCC_PORT, SSH_PORT, SYSTEM_PATH, Topology
+from testbed.topology import DISTCC_PORT, SSH_PORT, SYSTEM_PATH, Topology
 
 from conftest import PY, REPO, USER_PY, host_state, repo_env
 

@@ -232,7 +232,7 @@ def test_the_package_reads_the_installed_paths(layout):
 
 def test_no_usr_local_in_any_installed_file(layout):
     # Not install paths: the host's programs in the allow list it was written
-    # with, and the standard PATH search list (cgnetns/topology.py).
+    # with, and the standard PATH search list (testbed/topology.py).
     with open(layout.root + ALLOW, "rb") as f:
         host_programs = [l.strip() for l in f if l.startswith(b"/usr/local/")]
     allowed = [SYSTEM_PATH.encode()] + host_programs

@@ -43,7 +43,7 @@ import pytest
 pytest.register_assert_rewrite("gentoo_support")
 
 from cgnetns import cgroups, namespaces, records  # noqa: E402
-from cgnetns.topology import Topology  # noqa: E402
+from testbed.topology import Topology  # noqa: E402
 
 from conftest import PY, REPO  # noqa: E402
 import gentoo_support as gs  # noqa: E402

@@ -40,7 +40,7 @@ import pytest
 
 pytest.register_assert_rewrite("gentoo_support")
 
-from cgnetns.topology import Topology
+from testbed.topology import Topology
 
 from conftest import CGNETNS_RUN, REPO
 from gentoo_support import CPV, Playground, assert_distcc_sandboxed_untraced, run_bounded

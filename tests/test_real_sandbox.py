@@ -6,7 +6,7 @@ from the vendored tarball) is run as Portage runs it for a phase: as the build
 user (nobody), with ``SANDBOX_WRITE`` naming the build's directories.  It sets
 no_new_privs, preloads ``libsandbox.so`` into every dynamic program, and ptraces
 static and set-user-ID programs (FIELD-NOTES.md).  Every compile goes to a real
-distccd in a network namespace made by ``cgnetns.topology.Topology``; "remote"
+distccd in a network namespace made by ``testbed.topology.Topology``; "remote"
 is read from distccd's own log (COMPILE_OK lines) and local fallback is off.
 
 A probe compiler (``gentoo_support.write_probe``) records the distcc process
@@ -36,8 +36,8 @@ import pytest
 
 pytest.register_assert_rewrite("gentoo_support")
 
-from cgnetns.demo import write_project
-from cgnetns.topology import Topology
+from testbed.demo import write_project
+from testbed.topology import Topology
 
 from conftest import CGNETNS_RUN, repo_env
 from gentoo_support import (WORK_ROOT, SYSTEM_PATH, assert_distcc_sandboxed_untraced,

@@ -1,4 +1,4 @@
-"""The test topology itself (cgnetns/topology.py): a remote host in its own
+"""The test topology itself (testbed/topology.py): a remote host in its own
 network namespace, joined by a veth pair, with real servers from Debian's
 packages.  These tests use no part of cgnetns but the topology: they check that
 it comes up, serves distcc (TCP and ssh) from the parent namespace, refuses a
@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from cgnetns.topology import SUBNET_POOL, Topology, TopologyError
+from testbed.topology import SUBNET_POOL, Topology, TopologyError
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
