@@ -160,6 +160,10 @@ def main(argv=None):
     if sess.allow_rewrites:
         sess.note("the allow list was rewritten by other processes during the run: %d loops "
                   "were run again with the benchmark's entries put back." % sess.allow_rewrites)
+    if sess.broker_restarts:
+        sess.note("the broker in use went away during %d measurements (another engineer's test "
+                  "stopping its own); each was taken again with a broker answering." %
+                  sess.broker_restarts)
     if sess.notes:
         print()
         for k, n in enumerate(sess.notes, 1):

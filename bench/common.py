@@ -10,6 +10,7 @@ its own name or PID, also on Ctrl-C or SIGTERM.
 """
 
 import contextlib
+import glob
 import os
 import pwd
 import shutil
@@ -353,6 +354,8 @@ class Session:
         self.raw = {}          # part -> extra figures, for --json
         self.busy = []         # names of other processes seen busy between parts
         self.allow_rewrites = 0  # loops run again after others rewrote the allow list
+        self.broker_restarts = 0  # measurements taken again after the broker went away
+        self.distcc_dirs = []  # DISTCC_DIRs in use (their backoff goes with a broker restart)
         self.nobody = pwd.getpwnam(BUILD_USER)
         self.probe = None
         self.broker = None     # the run's cgnetnsd (BrokerProcess), once tools are compiled
@@ -456,12 +459,35 @@ def loop(sess, start, argv, n, warm=3, nnp=False, what=None, expect_status=0):
         except _AllowListRewritten:
             sess.allow_rewrites += 1
             ALLOW.ensure()
-    raise BenchError("%s: the allow list kept being rewritten under the benchmark" % (
+        except BrokerGone:
+            broker_gone(sess)
+    raise BenchError("%s: the allow list or the broker kept going away under the benchmark" % (
         what or argv[0]))
 
 
 class _AllowListRewritten(Exception):
     pass
+
+
+# What the front prints when no broker answers (helper/client.c).
+NO_BROKER = "no broker at"
+
+
+class BrokerGone(BenchError):
+    """The broker in use went away during a measurement (another engineer's
+    test stopped its own): the measurement is taken again."""
+
+
+def broker_gone(sess):
+    sess.broker_restarts += 1
+    sess.log("the broker went away during a measurement: measuring again")
+    _ensure_broker()
+    # distcc, having failed to reach its host, backs off from it for a
+    # minute: that memory goes (DISTCC_DIR/lock/backoff_*).
+    for d in sess.distcc_dirs:
+        for name in glob.glob(os.path.join(d, "lock", "backoff_*")):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
 
 
 def _loop(sess, start, argv, n, warm, nnp, what, expect_status):
@@ -487,6 +513,8 @@ def _loop(sess, start, argv, n, warm, nnp, what, expect_status):
         bad = {os.waitstatus_to_exitcode(s[1]) for s in got} - {expect_status}
         if bad == {126} and "not in the allow list" in err:
             raise _AllowListRewritten()
+        if bad and NO_BROKER in err:
+            raise BrokerGone(what)
         if bad or len(got) != n:
             raise BenchError("%s: %s: %d calls, exit statuses %s (expected %d): %s" % (
                 what, " ".join(cmds[k]), len(got), sorted(bad), expect_status, last))
@@ -510,7 +538,8 @@ def exec_probe(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=No
     for attempt in range(4):
         proc = start_root(cmd + ["--"] + list(argv))
         out, err = communicate(proc, what=what)
-        err = last_line(err)
+        full = err.decode(errors="replace")
+        err = last_line(full)
         calls, statuses = [], set()
         for line in out.decode().split("\n"):
             if line.strip():
@@ -520,6 +549,9 @@ def exec_probe(sess, start_root, argv, n=10, user=BUILD_USER, nnp=False, what=No
         if statuses == {126} and "not in the allow list" in err:
             sess.allow_rewrites += 1
             ALLOW.ensure()
+            continue
+        if statuses != {0} and NO_BROKER in full:
+            broker_gone(sess)
             continue
         if proc.returncode != 0 or statuses != {0} or len(calls) != n:
             raise BenchError("%s: under rssprobe: exit statuses %s: %s" % (
