@@ -24,7 +24,8 @@ from .common import (ALLOW, BenchError, Cleanup, Row, Session, busy_processes, c
                      machine_load, render_rst, render_text)
 
 PARTS = [("helper", "percall"), ("scale", "scale"), ("data", "datapath"),
-         ("distcc", "endtoend"), ("setup", "setupcost"), ("sandbox", "gentoo")]
+         ("distcc", "endtoend"), ("setup", "setupcost"), ("sandbox", "gentoo"),
+         ("egress", "egress")]
 
 
 def _interrupt(signum, frame):
