@@ -94,6 +94,14 @@ class Row:
         return dict(vars(self))
 
 
+def paired_ratio(base, other):
+    """Median over rounds of OTHER's round time over BASE's (the two lists in
+    round order): runs of one round meet the same load on the machine, so
+    the ratio of a pair moves less than either time does (README, what the
+    figures are)."""
+    return median([o / b for b, o in zip(base, other)])
+
+
 def fmt(value, unit):
     if value is None:
         return "-"

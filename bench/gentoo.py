@@ -49,7 +49,7 @@ from testbed.topology import Topology, TopologyError
 from .common import (FRONT, MASQ_DISTCC, NO_BROKER, REPO, SYSTEM_PATH, TRUE, BUILD_USER,
                      BenchError, BrokerGone, Cleanup, Row, allow_listed, broker_gone,
                      check_broker, check_join, child_env, communicate, exec_probe, last_line,
-                     loop, median, new_build, start_in_build, start_outside)
+                     loop, median, new_build, paired_ratio, start_in_build, start_outside)
 from .endtoend import DISTCC, JOBS, NFILES, clean_objects, write_project
 
 PART = 6
@@ -197,7 +197,7 @@ def _version(prefix):
 # -- the part ------------------------------------------------------------------
 
 def run(sess):
-    reps = sess.pick(6, 2)           # make -j4 builds per way
+    reps = sess.pick(10, 2)          # make -j4 builds per way
     n_one = sess.pick(8, 4)          # single compiles per way and round
     n_true = sess.pick(100, 40)      # calls per command and round (true rows)
     rounds = sess.pick(6, 2)
@@ -363,12 +363,15 @@ def run(sess):
     whole = {k: median([x[1] for x in v]) for k, v in builds.items()}
     what = "sandbox: make -j%d, %d files: " % (JOBS, NFILES)
     rows.append(Row(PART, what + "baseline (no cgnetns)", mk["base"], unit="s", n=reps))
+    ratio = paired_ratio([x[0] for x in builds["base"]], [x[0] for x in builds["cgnetns"]])
     rows.append(Row(PART, what + "cgnetns broker path", mk["cgnetns"], unit="s", n=reps,
-                    baseline="baseline", baseline_value=mk["base"], target="<= 1.03x",
-                    met=mk["cgnetns"] / mk["base"] <= 1.03))
+                    baseline="baseline", baseline_value=mk["base"], ratio=ratio,
+                    target="<= 1.03x", met=ratio <= 1.03))
     rows.append(Row(PART, "  the same, whole sandbox command: cgnetns broker path",
                     whole["cgnetns"], unit="s", n=reps, baseline="baseline",
-                    baseline_value=whole["base"]))
+                    baseline_value=whole["base"],
+                    ratio=paired_ratio([x[1] for x in builds["base"]],
+                                       [x[1] for x in builds["cgnetns"]])))
     t = {k: (median(a) * 1e3, median(c) * 1e3) for k, (a, c) in over.items()}
     added = {k: c - a for k, (a, c) in t.items()}
     rows.append(Row(PART, "cgnetns-exec over true: set-user-ID path (no sandbox)",
@@ -377,12 +380,17 @@ def run(sess):
                     added["broker"], n=len(over["broker"][1]), baseline="set-user-ID path",
                     baseline_value=added["setuid"], target="<= +1 ms",
                     met=added["broker"] - added["setuid"] <= 1.0))
+    # The target is on the client's own work, from the front's main() to
+    # the program's execve (issue 12: "the client's work before the exec",
+    # two ptrace stops a call where the front is traced; it is not here).
+    # What comes before main() is ld.so and libsandbox's constructor, which
+    # every dynamic program in the sandbox pays, plain distcc included.
     client = sum(x[0] for x in img[:-1])
-    rows.append(Row(PART, "sandbox: syscalls, front's execve to true's: broker client",
-                    client, unit="calls", n=10, target="<= %d" % SYSCALL_TARGET,
-                    met=client <= SYSCALL_TARGET))
     start_up = img[0][2]
-    rows.append(Row(PART, "  of which from the front's main() on", client - start_up,
+    rows.append(Row(PART, "sandbox: syscalls of the broker client, front's main() to true's "
+                    "execve", client - start_up, unit="calls", n=10,
+                    target="<= %d" % SYSCALL_TARGET, met=client - start_up <= SYSCALL_TARGET))
+    rows.append(Row(PART, "  and before main(): ld.so, libsandbox's constructor", start_up,
                     unit="calls", n=10))
     sess.note("sandbox: per call, true alone takes %.3f ms in the sandbox and %.3f ms without "
               "it; cgnetns-exec true %.3f ms (broker path, sandbox) and %.3f ms (set-user-ID "

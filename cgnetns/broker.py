@@ -2,8 +2,12 @@
 
 Owns the broker's side of doc/BROKER.rst up to one point: the listening socket
 (bound here, or handed over by systemd socket activation through LISTEN_FDS),
-accepting connections, and starting the helper's ``--supervise`` mode for each
-with the connection on fd 3.  Everything else is the helper's: it asks the
+accepting connections, and handing each one to be served to the helper's fork
+server (``cgnetns-helper --fork-server``, started once, restarted when it
+ends), which forks a child that does what the helper's ``--supervise`` mode
+does with the connection on fd 3 and answers with that child's pidfd
+(helper/spawner.c; an exec of the helper per request cost about 0.1 ms of
+CPU and of latency).  Everything else is the helper's: it asks the
 kernel who connected (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD), reads the
 request, decides with the set-user-ID path's own code, answers, and for a
 "join" becomes the supervisor that mints the caller's sockets in the approved
@@ -30,6 +34,7 @@ no pidfd_open (< 5.3) -> every request refused by the helper, with a line
 in the log.
 """
 
+import array
 import collections
 import errno
 import fcntl
@@ -54,7 +59,9 @@ HEADER = struct.Struct("=4sII")
 NAME_MAX = 4096
 HANDSHAKE_SECONDS = 5
 
-CONN_FD = 3   # where --supervise finds the connection
+CONN_FD = 3   # where --supervise finds the connection, --fork-server its socket pair
+TOKEN = struct.Struct("=Q")   # the fork server's messages: a token (+ one descriptor)
+SERVER_STARTS = (5, 5.0)      # at most 5 starts of the fork server in 5 s (a crash loop)
 
 
 def encode_request(program, flags=0):
@@ -78,6 +85,14 @@ class Pending:
         self.pid, self.pidfd, self.uid, self.started = pid, pidfd, uid, started
 
 
+class ForkServer:
+    """The helper's --fork-server process, and cgnetnsd's end of its socket pair."""
+    __slots__ = ("sock", "pid")
+
+    def __init__(self, sock, pid):
+        self.sock, self.pid = sock, pid
+
+
 class Broker:
     def __init__(self, socket_path=SOCKET_PATH, helper=HELPER, max_pending=256,
                  max_pending_per_uid=64, idle_exit=None, log=None, lock_path=None,
@@ -94,8 +109,12 @@ class Broker:
         self.max_pending_per_uid = max_pending_per_uid
         self.idle_exit = idle_exit
         self.lock_path = lock_path
-        self.argv = [b"cgnetns-helper", b"--supervise"] + (
+        self.argv = [b"cgnetns-helper", b"--fork-server"] + (
             [b"--peercred"] if peer_auth == "peercred" else [])
+        self.server = None      # the ForkServer, once started
+        self._server_starts = collections.deque(maxlen=SERVER_STARTS[0])
+        self.starting = {}      # token -> (uid, handed over at): no pidfd back yet
+        self._token = 0
         self.log = log or (lambda msg: sys.stderr.write("cgnetnsd: %s\n" % msg))
         self.sel = None
         self.listener = None
@@ -165,6 +184,7 @@ class Broker:
         for p in list(self.pending.values()):
             self._kill(p)
             self._reap(p)
+        self._server_gone(log=False)
         if self.sel:
             self.sel.close()
         if self.listener is not None:
@@ -192,8 +212,10 @@ class Broker:
             # too long is answered busy, and what may start starts (oldest
             # first) before anything newer is accepted.
             for key, _ in events:
-                if key.data is not None:
+                if isinstance(key.data, Pending):
                     self._guard(self._reap, key.data)
+                elif isinstance(key.data, ForkServer):
+                    self._guard(self._server_answers)
             self._expire_queued(time.monotonic())
             if self.n_queued:
                 self._dequeue()
@@ -211,7 +233,7 @@ class Broker:
                              % (p.uid, 2 * HANDSHAKE_SECONDS))
                     self._kill(p)
             self._expire_queued(now)
-            if self.pending or self.n_queued:
+            if self.pending or self.starting or self.n_queued:
                 idle_since = now
             elif self.idle_exit is not None and now - idle_since > self.idle_exit \
                     and not self._builds_alive():
@@ -250,7 +272,7 @@ class Broker:
         return True
 
     def _has_room(self, uid):
-        return (len(self.pending) < self.max_pending
+        return (len(self.pending) + len(self.starting) < self.max_pending
                 and self.per_uid.get(uid, 0) < self.max_pending_per_uid)
 
     def _start_and_close(self, conn, uid):
@@ -313,25 +335,111 @@ class Broker:
             self.log(msg)
 
     def _start(self, conn, uid):
-        # The helper gets the connection on fd 3, /dev/null on 0 and 1, our
-        # stderr (the log) on 2, an empty environment, and nothing else:
-        # every other descriptor here is close-on-exec.  posix_spawn is a
-        # vfork-style clone: no copy of this interpreter's page tables.
-        pid = os.posix_spawn(self.helper, self.argv, {}, file_actions=[
-            (os.POSIX_SPAWN_DUP2, conn.fileno(), CONN_FD),
-            (os.POSIX_SPAWN_DUP2, self._devnull, 0),
-            (os.POSIX_SPAWN_DUP2, self._devnull, 1),
-        ])
+        # The fork server gets the connection and a token; its child serves
+        # the connection on fd 3, with /dev/null on 0 and 1, our stderr (the
+        # log) on 2, the server's empty environment, and nothing else.  The
+        # pidfd comes back with the token (_server_answers); until then the
+        # request counts for its uid in self.starting.
+        if self.server is None:
+            self._start_server()
+        self._token += 1
+        fds = array.array("i", [conn.fileno()])
         try:
-            pidfd = os.pidfd_open(pid)
+            self.server.sock.sendmsg([TOKEN.pack(self._token)],
+                                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
         except OSError:
-            os.waitpid(pid, 0)
+            self._server_gone()
             raise
-        p = Pending(pid, pidfd, uid, time.monotonic())
-        self.pending[pidfd] = p
+        self.starting[self._token] = (uid, time.monotonic())
         self.per_uid[uid] = self.per_uid.get(uid, 0) + 1
-        self.sel.register(pidfd, selectors.EVENT_READ, p)
         self.served += 1
+
+    def start_fork_server(self):
+        """Start the helper's fork server now (else the first request does):
+        a helper that cannot start is reported at once."""
+        if self.server is None:
+            self._start_server()
+
+    def _start_server(self):
+        now = time.monotonic()
+        if len(self._server_starts) == SERVER_STARTS[0] and \
+                now - self._server_starts[0] < SERVER_STARTS[1]:
+            raise OSError(errno.EAGAIN, "the helper's fork server keeps ending: started %d "
+                          "times in %gs" % SERVER_STARTS)
+        self._server_starts.append(now)
+        ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            # posix_spawn is a vfork-style clone: no copy of this
+            # interpreter's page tables.  Every other descriptor here is
+            # close-on-exec.
+            pid = os.posix_spawn(self.helper, self.argv, {}, file_actions=[
+                (os.POSIX_SPAWN_DUP2, theirs.fileno(), CONN_FD),
+                (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                (os.POSIX_SPAWN_DUP2, self._devnull, 1),
+            ])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.server = ForkServer(ours, pid)
+        self.sel.register(ours, selectors.EVENT_READ, self.server)
+
+    def _server_answers(self):
+        """Tokens answered by the fork server: with the child's pidfd, watched
+        from now on as a pending request, or without (it could not start one:
+        the request has ended)."""
+        while self.server is not None:
+            try:
+                msg, anc, _, _ = self.server.sock.recvmsg(
+                    TOKEN.size, socket.CMSG_SPACE(array.array("i").itemsize),
+                    socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not msg:
+                self._server_gone()
+                return
+            fds = array.array("i")
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            got = self.starting.pop(TOKEN.unpack(msg)[0], None) if len(msg) == TOKEN.size \
+                else None
+            if got is None or not fds:
+                for fd in fds:
+                    os.close(fd)
+                if got is not None:
+                    self._release(got[0])
+                continue
+            uid, started = got
+            p = Pending(None, fds[0], uid, started)
+            for fd in fds[1:]:
+                os.close(fd)
+            self.pending[p.pidfd] = p
+            self.sel.register(p.pidfd, selectors.EVENT_READ, p)
+
+    def _server_gone(self, log=True):
+        """The fork server ended (or we stop): what it had not answered has
+        ended for its uid (its child, if it made one, keeps its own
+        deadline); the next request starts a new one."""
+        srv, self.server = self.server, None
+        if srv is None:
+            return
+        if log:
+            self.log("the helper's fork server (pid %d) ended: starting another" % srv.pid)
+        try:
+            self.sel.unregister(srv.sock)
+        except (KeyError, ValueError):
+            pass
+        srv.sock.close()   # a running server sees the end and exits
+        try:
+            os.waitpid(srv.pid, 0)
+        except ChildProcessError:
+            pass
+        for uid, _ in self.starting.values():
+            self._release(uid)
+        self.starting.clear()
 
     def _kill(self, p):
         try:
@@ -340,21 +448,22 @@ class Broker:
             pass
 
     def _reap(self, p):
-        try:
-            os.waitpid(p.pid, 0)
-        except ChildProcessError:
-            pass
+        # The fork server's children are its own to wait for: only the
+        # pidfd is closed here.
         try:
             self.sel.unregister(p.pidfd)
         except (KeyError, ValueError):
             pass
         os.close(p.pidfd)
         self.pending.pop(p.pidfd, None)
-        n = self.per_uid.get(p.uid, 1) - 1
+        self._release(p.uid)
+
+    def _release(self, uid):
+        n = self.per_uid.get(uid, 1) - 1
         if n:
-            self.per_uid[p.uid] = n
+            self.per_uid[uid] = n
         else:
-            self.per_uid.pop(p.uid, None)
+            self.per_uid.pop(uid, None)
 
 
 def _prepare_for_spawning():

@@ -221,5 +221,12 @@ void notify_serve(int listener, int proc_fd, const struct supervision *sv);
 /* ---- supervise.c ---- */
 __attribute__((noreturn))
 void supervise_main(int argc, char **argv);
+int supervise_mode_check(int argc, char **argv, const char *mode);
+__attribute__((noreturn))
+void supervise_connection(int use_pidfd);
+
+/* ---- spawner.c ---- */
+__attribute__((noreturn))
+void spawner_main(int argc, char **argv);
 
 #endif

@@ -5,6 +5,7 @@
  *   NAME [ARG...]     (argv[0] other than cgnetns-exec or cgnetns-helper: a
  *                      masquerade, PROGRAM is NAME)
  *   cgnetns-helper --supervise             (by cgnetnsd, as real root)
+ *   cgnetns-helper --fork-server           (by cgnetnsd, as real root)
  *
  * Installed set-user-ID root, static.  The order below is the whole privileged path;
  * each step says why it is there.  Nothing of the environment, and nothing
@@ -42,6 +43,11 @@ int main(int argc, char **argv)
 	 * "--supervise" is only the program's own argument. */
 	if (argc > 1 && strcmp(argv[1], "--supervise") == 0 && is_self_name(argv[0]))
 		supervise_main(argc, argv);
+	/* The same, as a fork server (spawner.c): one --supervise child per
+	 * connection cgnetnsd hands over, without an exec each.  The same
+	 * real-root check comes first. */
+	if (argc > 1 && strcmp(argv[1], "--fork-server") == 0 && is_self_name(argv[0]))
+		spawner_main(argc, argv);
 
 	caller_get(&c);
 	/* Set-user-ID to anyone but root is an installation mistake, and a

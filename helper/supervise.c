@@ -248,7 +248,42 @@ static void start_supervisor(const struct peer *pe, const struct verdict *v,
 	_exit(0);
 }
 
+/* The checks of a process that may run this mode at all.  Only cgnetnsd,
+ * running as real root, starts it.  A set-user-ID exec gives euid 0 but
+ * keeps the caller's real uid and sets AT_SECURE, so no user reaches what
+ * follows through the installed helper's set-user-ID bit.  Root of a user
+ * namespace of its own does reach it (uid 0 there, no set-user-ID exec) and
+ * gains nothing: it has no capability over the initial namespaces, and
+ * root's files show unmapped there, so the allow list and the pins are
+ * refused.  Returns whether to take the peer's pidfd from the kernel
+ * (SO_PEERPIDFD) rather than by its pid (--peercred). */
+int supervise_mode_check(int argc, char **argv, const char *mode)
+{
+	if (getuid() != 0 || geteuid() != 0 || getauxval(AT_SECURE))
+		die(EXIT_REFUSE, "%s is the mode cgnetnsd runs as real root; "
+		    "it is not for users", mode);
+	if (argc == 3 && strcmp(argv[2], "--peercred") == 0)
+		return 0; /* the pre-6.5 way, forced (cgnetnsd --peer-auth) */
+	if (argc != 2)
+		die(EXIT_REFUSE, "usage: " HELPER_NAME " %s [--peercred]", mode);
+	/* Fds 0-2 taken (cgnetnsd gives /dev/null and its log), so that nothing
+	 * opened here becomes one of them. */
+	for (int fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) < 0)
+			_exit(EXIT_REFUSE);
+	/* No core dump, no /proc access by anyone but root while root. */
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	return 1;
+}
+
 void supervise_main(int argc, char **argv)
+{
+	supervise_connection(supervise_mode_check(argc, argv, "--supervise"));
+}
+
+/* One connection, on fd 3: from cgnetnsd's exec of --supervise, or in a
+ * child of the fork server (spawner.c). */
+void supervise_connection(int use_pidfd)
 {
 	struct peer pe;
 	struct program prog;
@@ -258,31 +293,9 @@ void supervise_main(int argc, char **argv)
 	int cg_fd = -1;
 	char context[200];
 
-	/* Only cgnetnsd, running as root, starts this mode.  A set-user-ID
-	 * exec gives euid 0 but keeps the caller's real uid and sets
-	 * AT_SECURE, so no user reaches what follows through the installed
-	 * helper's set-user-ID bit.  Root of a user namespace of its own does
-	 * reach it (uid 0 there, no set-user-ID exec) and gains nothing: it has
-	 * no capability over the initial namespaces, and root's files show
-	 * unmapped there, so the allow list and the pins are refused. */
-	if (getuid() != 0 || geteuid() != 0 || getauxval(AT_SECURE))
-		die(EXIT_REFUSE, "--supervise is the mode cgnetnsd runs as real root; "
-		    "it is not for users");
-	int use_pidfd = 1;
-	if (argc == 3 && strcmp(argv[2], "--peercred") == 0)
-		use_pidfd = 0; /* the pre-6.5 way, forced (cgnetnsd --peer-auth) */
-	else if (argc != 2)
-		die(EXIT_REFUSE, "usage: " HELPER_NAME " --supervise [--peercred]");
 	if (fstat(CONN, &st) < 0 || !S_ISSOCK(st.st_mode))
 		die(EXIT_REFUSE, "--supervise: fd %d is not the connection", CONN);
-	/* Fds 0-2 taken (cgnetnsd gives /dev/null and its log), so that nothing
-	 * opened here becomes one of them. */
-	for (int fd = 0; fd <= 2; fd++)
-		if (fcntl(fd, F_GETFD) < 0)
-			_exit(EXIT_REFUSE);
 
-	/* No core dump, no /proc access by anyone but root while root. */
-	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	/* The deadline of every phase: SIGALRM's default action ends us,
 	 * and the client sees its connection close. */
 	signal(SIGALRM, SIG_DFL);

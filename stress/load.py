@@ -288,6 +288,21 @@ def report(res, out=print):
             % (", less the %d ms hold" % hold if hold else "",
                p50, TARGET_P50_MS, "met" if p50 <= TARGET_P50_MS else "MISSED",
                p99, TARGET_P99_MS, "met" if p99 <= TARGET_P99_MS else "MISSED"))
+    s = res["paths"].get("setuid")
+    if b and s and b["calls"] and s["calls"] and s["p50_ms"] and s["p99_ms"]:
+        # Both paths under the same load: what the broker adds, apart from
+        # what the machine's CPUs allow any path (Little's law: the mean
+        # call time is the calls in flight over the rate they complete at).
+        out("the set-user-ID calls of the same run (no broker on their path): median %.1f ms, "
+            "p99 %.1f ms; broker path over set-user-ID path: %.2fx median, %.2fx p99"
+            % (s["p50_ms"], s["p99_ms"], b["p50_ms"] / s["p50_ms"], b["p99_ms"] / s["p99_ms"]))
+        t = totals(res)
+        if res["duration"]:
+            rate = t["calls"] / res["duration"]
+            in_flight = res["builds"] * res["parallel"]
+            out("%d calls in flight on %d CPUs completing at %.0f calls/s: %.0f ms a call on "
+                "average for any path (calls in flight / rate)"
+                % (in_flight, os.cpu_count() or 0, rate, 1e3 * in_flight / rate))
     if "broker_drops" in res:
         out("broker: %d log lines about dropped connections (over --max-pending or "
             "--max-pending-per-uid; at most one a second)" % res["broker_drops"])

@@ -801,3 +801,91 @@ def test_t22_only_inet_sockets_are_ever_minted(henv, world, bsetup, broker):
         stop.append(1)
         t.join(5)
         srv.close()
+
+
+def _fork_servers(broker):
+    """PIDs of BROKER's fork servers (its children whose command line says
+    --fork-server)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open("/proc/%s/stat" % d, "rb") as f:
+                    data = f.read()
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    cmd = f.read().split(b"\0")
+                if int(data[data.rindex(b")") + 2:].split()[1]) == broker.proc.pid and \
+                        b"--fork-server" in cmd:
+                    found.append(int(d))
+    return found
+
+
+def test_the_fork_server_is_started_again_when_it_ends(henv, world, bsetup):
+    """cgnetnsd forks each request's supervise process from one helper it
+    started (--fork-server), which is real root and runs no request itself.
+    Killed, it is started again for the next request (and the log says so),
+    and the broker's per-uid count comes back: more joins than the uid's
+    share are served afterwards, one after another."""
+    sock = bsetup.sock + ".fs"
+    b = Broker(bsetup, extra=["--max-pending-per-uid", "2", "--socket", sock]).wait_ready()
+
+    def joined():
+        report = henv.out_path()
+        r, answer = client(world, bsetup, "join", bsetup.netprobe, "--", bsetup.netprobe,
+                           "report", report, "--connect=%d" % world.port, sock=sock)
+        assert answer and answer.startswith(b"join ") and answer.endswith(b"ok\n"), \
+            (answer, r.stderr, b.text())   # the log says what went wrong
+        assert_minted(report_of(report), world)
+
+    try:
+        joined()
+        (srv,) = wait_for(lambda: _fork_servers(b), "the fork server")
+        with open("/proc/%d/status" % srv) as f:
+            st = dict(l.split(":", 1) for l in f if ":" in l)
+        assert st["Uid"].split() == ["0"] * 4
+        with open("/proc/%d/cmdline" % srv, "rb") as f:
+            assert f.read().split(b"\0")[1] == b"--fork-server"
+        os.kill(srv, signal.SIGKILL)
+        wait_for(lambda: "fork server (pid %d) ended" % srv in b.text(), "the broker to notice")
+        for _ in range(4):
+            joined()
+        (again,) = _fork_servers(b)
+        assert again != srv
+    finally:
+        b.close()
+    assert not _fork_servers(b), "the fork server outlived its broker"
+
+
+def test_the_fork_server_takes_only_its_socket_pair(henv, world, bsetup):
+    """Run by root by hand with a stream socket (not cgnetnsd's socket pair)
+    on fd 3: refused with one line, nothing forked or answered."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        on_fd3 = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.argv[2], sys.argv[2:])"
+        r = subprocess.run([PY, "-c", on_fd3, str(theirs.fileno()), bsetup.helper,
+                            "--fork-server"], pass_fds=(theirs.fileno(),),
+                           capture_output=True, timeout=30)
+        theirs.close()
+        mine.settimeout(5)
+        answered = mine.recv(64)
+    finally:
+        mine.close()
+        theirs.close()
+    assert r.returncode == hs.EXIT_REFUSE, r
+    assert hs.one_line(r.stderr) == ("cgnetns-exec: --fork-server: fd 3 is not cgnetnsd's "
+                                     "socket pair")
+    assert answered == b""
+
+
+def test_a_helper_that_cannot_start_is_reported_at_once(henv, bsetup):
+    """--helper naming no program: cgnetnsd says so in one line and exits 1
+    at start, not at the first request, and leaves no socket behind."""
+    sock = os.path.join(bsetup.dir, "nohelper.sock")
+    missing = os.path.join(bsetup.dir, "no-such-helper")
+    r = subprocess.run([PY, "-m", "cgnetns.cli.broker", "--socket", sock, "--helper", missing],
+                       env=repo_env(), cwd="/", capture_output=True, timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr.decode() == (
+        "cgnetnsd: cannot start %s --fork-server: No such file or directory (is --helper the "
+        "installed cgnetns-helper?)\n" % missing)
+    assert not os.path.exists(sock)

@@ -156,15 +156,23 @@ class PrivateBroker:
             time.sleep(0.02)
 
     def supervise_children(self):
-        """PIDs of the supervise processes it runs now."""
-        found = []
+        """PIDs of the supervise processes it runs now: the children of its
+        fork server (helper/spawner.c), the one child of its own whose
+        command line says --fork-server."""
+        parents, found = {}, []
         for d in os.listdir("/proc"):
             if d.isdigit():
                 with contextlib.suppress(OSError, IndexError, ValueError):
                     with open("/proc/%s/stat" % d, "rb") as f:
                         data = f.read()
-                    if int(data[data.rindex(b")") + 2:].split()[1]) == self.proc.pid:
-                        found.append(int(d))
+                    with open("/proc/%s/cmdline" % d, "rb") as f:
+                        cmdline = f.read().split(b"\0")
+                    parents[int(d)] = (int(data[data.rindex(b")") + 2:].split()[1]), cmdline)
+        servers = {pid for pid, (ppid, cmd) in parents.items()
+                   if ppid == self.proc.pid and b"--fork-server" in cmd}
+        for pid, (ppid, cmd) in parents.items():
+            if ppid in servers or (ppid == self.proc.pid and pid not in servers):
+                found.append(pid)
         return found
 
 
@@ -2048,24 +2056,39 @@ def test_t13_no_privilege_takes_the_broker_path(request, henv, world, case):
         assert set(got["regain"].values()) == {1}
 
 
-SUPERVISE_NOT_FOR_USERS = ("cgnetns-exec: --supervise is the mode cgnetnsd runs as real root; "
+SUPERVISE_NOT_FOR_USERS = ("cgnetns-exec: %s is the mode cgnetnsd runs as real root; "
                            "it is not for users")
 
 
-def test_t13_supervise_mode_is_not_reached_through_the_set_user_id_bit(henv, world, builds):
+@pytest.mark.parametrize("mode", ["--supervise", "--fork-server"])
+def test_t13_supervise_mode_is_not_reached_through_the_set_user_id_bit(henv, world, builds,
+                                                                       mode):
     """The broker's side runs as root, so the set-user-ID bit must never
     reach it: nobody runs the (set-user-ID) helper's --supervise mode with a
-    connection on fd 3 whose other end has already sent a request.
-    Refused at once (125, one line on stderr): nothing is read from the
-    connection, nothing is answered on it."""
+    connection on fd 3 whose other end has already sent a request, nor its
+    fork server (--fork-server, which would fork one such process per
+    descriptor it receives) with a socket pair on fd 3 whose other end has
+    sent a connection.  Refused at once (125, one line on stderr): nothing
+    is read from fd 3, nothing is answered on it."""
     b = builds(name="sup", pins=henv.private_pins)
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    kind = socket.SOCK_STREAM if mode == "--supervise" else socket.SOCK_SEQPACKET
+    mine, theirs = socket.socketpair(socket.AF_UNIX, kind)
     try:
         name = henv.unlisted_probe.encode()
-        mine.sendall(struct.pack("=4sII", b"CGN2", 0, len(name)) + name)
+        request = struct.pack("=4sII", b"CGN2", 0, len(name)) + name
+        if mode == "--supervise":
+            mine.sendall(request)
+        else:
+            conn_mine, conn_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn_mine.sendall(request)
+            mine.sendmsg([struct.pack("=Q", 1)],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                           struct.pack("i", conn_theirs.fileno()))])
+            conn_mine.close()
+            conn_theirs.close()
         n = theirs.fileno()
         on_fd3 = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.argv[2], sys.argv[2:])"
-        r = b.run([USER_PY, "-c", on_fd3, str(n), henv.variants["musl"], "--supervise"],
+        r = b.run([USER_PY, "-c", on_fd3, str(n), henv.variants["musl"], mode],
                   netns=world.private.path, pass_fds=(n,))
         theirs.close()
         mine.settimeout(10)
@@ -2077,7 +2100,7 @@ def test_t13_supervise_mode_is_not_reached_through_the_set_user_id_bit(henv, wor
         mine.close()
         theirs.close()
     assert r.returncode == hs.EXIT_REFUSE, (r.returncode, r.stderr)
-    assert hs.one_line(r.stderr) == SUPERVISE_NOT_FOR_USERS
+    assert hs.one_line(r.stderr) == SUPERVISE_NOT_FOR_USERS % mode
     assert answered == b""
 
 

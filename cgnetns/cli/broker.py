@@ -70,6 +70,13 @@ def serve(argv):
     except (RuntimeError, OSError) as e:
         sys.stderr.write("%s: cannot listen on %s: %s\n" % (PROG, args.socket, e))
         return 1
+    try:
+        broker.start_fork_server()
+    except OSError as e:
+        broker.close()
+        sys.stderr.write("%s: cannot start %s --fork-server: %s (is --helper the installed "
+                         "cgnetns-helper?)\n" % (PROG, args.helper, e.strerror or e))
+        return 1
     signal.signal(signal.SIGTERM, broker.stop)
     signal.signal(signal.SIGINT, broker.stop)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
