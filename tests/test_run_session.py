@@ -669,10 +669,20 @@ def test_an_auto_started_broker_does_not_inherit_the_callers_state(cg2root, tmp_
         _poll("cgnetnsd %d to listen on %s" % (broker, SOCKET_PATH),
               lambda: broker in _listener())
         # cgnetns-run probes the socket until the broker answers, and the broker
-        # blocks every signal for the moment it spawns a helper for a probe:
-        # look once COMMAND runs (no more probes) and the helpers are gone.
+        # blocks every signal for the moment it spawns a helper: look once
+        # COMMAND runs (no more probes) and only the fork server, which it
+        # spawned at its start, is left of its children.
         _poll("COMMAND to start", lambda: any(_comm(c) == "head" for c in _children(p.pid)))
-        _poll("cgnetnsd's helpers to end", lambda: not _children(broker))
+        _poll("cgnetnsd's helpers to end", lambda: len(_children(broker)) == 1)
+        (fork_server,) = _children(broker)
+        with open("/proc/%d/cmdline" % fork_server, "rb") as f:
+            assert f.read().split(b"\0")[1] == b"--fork-server"
+        # The fork server, whose children serve every request, has the
+        # broker's reset state, not the caller's.
+        assert os.getpriority(os.PRIO_PROCESS, fork_server) == 0
+        with open("/proc/%d/oom_score_adj" % fork_server) as f:
+            assert f.read().strip() == "0"
+        assert _status(fork_server)["Umask"] == "0022"
         # The caller's state did reach cgnetns-run itself (the test's premise).
         assert os.getpriority(os.PRIO_PROCESS, p.pid) == 10
         assert cgroups.cgroup_of(p.pid) == cgroups.to_rel(cg2root, caller_cg)
