@@ -132,8 +132,8 @@ def _hook(on):
 
 
 def run(sess):
-    lat_n = sess.pick(25, 20)
-    rounds = sess.pick(48, 6)        # short client runs, alternating with and without
+    lat_n = sess.pick(100, 20)
+    rounds = sess.pick(96, 6)        # short client runs, alternating with and without
     n_inst = sess.pick(200, 50)
     n_lib = sess.pick(200, 50)
     tcp = sess.tool("tcpbench")
