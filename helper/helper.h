@@ -14,6 +14,7 @@
  *   client.c  without privilege: the request to the broker (doc/BROKER.rst)
  *   notify.c  the seccomp filter, and the supervisor that mints sockets
  *   supervise.c --supervise: the broker's side of a request (real root only)
+ *   spawner.c --fork-server: a --supervise child per connection cgnetnsd sends
  *   front.c   main() of the dynamic, non-set-user-ID front cgnetns-exec
  *   util.c    messages and exit
  */
