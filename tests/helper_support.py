@@ -89,6 +89,29 @@ def tag_value(pin_id, dev, ino, nsid):
     return "v1 pin=%s dev=%d ino=%d nsid=%d" % (pin_id, dev, ino, nsid)
 
 
+def process_table():
+    """{pid: (ppid, argv as bytes)} of the processes running now (one that
+    ends while it is read is left out)."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open("/proc/%s/stat" % d, "rb") as f:
+                    data = f.read()
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    argv = f.read().split(b"\0")
+                table[int(d)] = (int(data[data.rindex(b")") + 2:].split()[1]), argv)
+    return table
+
+
+def fork_servers(broker_pid, table=None):
+    """PIDs of the fork servers (cgnetns-helper --fork-server) of the
+    cgnetnsd whose pid is BROKER_PID: its children whose argv says so."""
+    table = process_table() if table is None else table
+    return [pid for pid, (ppid, argv) in table.items()
+            if ppid == broker_pid and b"--fork-server" in argv]
+
+
 def start_time(pid):
     with open("/proc/%d/stat" % pid, "rb") as f:
         data = f.read()

@@ -804,20 +804,7 @@ def test_t22_only_inet_sockets_are_ever_minted(henv, world, bsetup, broker):
 
 
 def _fork_servers(broker):
-    """PIDs of BROKER's fork servers (its children whose command line says
-    --fork-server)."""
-    found = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                with open("/proc/%s/stat" % d, "rb") as f:
-                    data = f.read()
-                with open("/proc/%s/cmdline" % d, "rb") as f:
-                    cmd = f.read().split(b"\0")
-                if int(data[data.rindex(b")") + 2:].split()[1]) == broker.proc.pid and \
-                        b"--fork-server" in cmd:
-                    found.append(int(d))
-    return found
+    return hs.fork_servers(broker.proc.pid)
 
 
 def test_the_fork_server_is_started_again_when_it_ends(henv, world, bsetup):

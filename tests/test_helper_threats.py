@@ -159,21 +159,10 @@ class PrivateBroker:
         """PIDs of the supervise processes it runs now: the children of its
         fork server (helper/spawner.c), the one child of its own whose
         command line says --fork-server."""
-        parents, found = {}, []
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    with open("/proc/%s/stat" % d, "rb") as f:
-                        data = f.read()
-                    with open("/proc/%s/cmdline" % d, "rb") as f:
-                        cmdline = f.read().split(b"\0")
-                    parents[int(d)] = (int(data[data.rindex(b")") + 2:].split()[1]), cmdline)
-        servers = {pid for pid, (ppid, cmd) in parents.items()
-                   if ppid == self.proc.pid and b"--fork-server" in cmd}
-        for pid, (ppid, cmd) in parents.items():
-            if ppid in servers or (ppid == self.proc.pid and pid not in servers):
-                found.append(pid)
-        return found
+        table = hs.process_table()
+        servers = set(hs.fork_servers(self.proc.pid, table))
+        return [pid for pid, (ppid, _) in table.items()
+                if ppid in servers or (ppid == self.proc.pid and pid not in servers)]
 
 
 @pytest.fixture(scope="module")
