@@ -10,6 +10,7 @@ import ipaddress
 import os
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -148,15 +149,34 @@ def test_failure_during_start_tears_down():
     assert_gone(seen)
 
 
-def test_stray_process_in_remote_namespace_is_ended():
-    with Topology() as topo:
-        snap = snapshot(topo)
-        stray = subprocess.Popen(["nsenter", f"--net={topo.netns_path}", "--", "sleep", "300"],
-                                 start_new_session=True)
+def _in_namespace(pid, path):
+    """Is process PID in the network namespace bound at PATH?"""
+    want = os.stat(path)
     try:
+        got = os.stat("/proc/%d/ns/net" % pid)
+    except FileNotFoundError:
+        return False
+    return (got.st_dev, got.st_ino) == (want.st_dev, want.st_ino)
+
+
+def test_stray_process_in_remote_namespace_is_ended():
+    stray = None
+    try:
+        with Topology() as topo:
+            snap = snapshot(topo)
+            stray = subprocess.Popen(["nsenter", f"--net={topo.netns_path}", "--", "sleep",
+                                      "300"], start_new_session=True)
+            # In the namespace before the teardown looks: Popen returns
+            # before nsenter has called setns.
+            deadline = time.monotonic() + 10
+            while not _in_namespace(stray.pid, topo.netns_path):
+                assert stray.poll() is None, "nsenter failed"
+                assert time.monotonic() < deadline, "the stray never entered the namespace"
+                time.sleep(0.01)
         stray.wait(10)
     finally:
-        if stray.poll() is None:
+        if stray is not None and stray.poll() is None:
             stray.kill()
+            stray.wait()
     assert stray.returncode is not None
     assert_gone(snap)
