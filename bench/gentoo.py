@@ -4,9 +4,8 @@ compiling phase by default (FEATURES="sandbox userpriv ...").
 The sandbox is ``/usr/bin/sandbox`` where the host has it (Gentoo), else
 sandbox 2.46 built from ``<repo>/../shared/vendor/sandbox-2.46.tar.gz`` (or
 ``$CGNETNS_SANDBOX_SRC``) into ``/var/cache/cgnetns-tests/sandbox-<sha12>``:
-the same cache, key and lock as tests/gentoo_support.py (which cannot be
-imported without pytest), so whichever runs first builds it and the other
-uses it.  It sets no_new_privs and preloads libsandbox.so into every dynamic
+testbed/sandbox.py, the cache, key and lock the tests use too, so
+whichever runs first builds it and the other uses it.  It sets no_new_privs and preloads libsandbox.so into every dynamic
 program.  It runs as the build user (nobody) with SANDBOX_WRITE naming only
 the build's directories.  Every compile goes to the distccd of
 testbed.topology (another network namespace over a veth pair; local fallback
@@ -34,19 +33,16 @@ outside them):
   the front is the client's too).
 """
 
-import contextlib
-import fcntl
-import glob
-import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
 
+from testbed import sandbox as sandbox_cache
 from testbed.topology import Topology, TopologyError
 
-from .common import (FRONT, MASQ_DISTCC, NO_BROKER, REPO, SYSTEM_PATH, TRUE, BUILD_USER,
+from .common import (FRONT, MASQ_DISTCC, NO_BROKER, TRUE, BUILD_USER,
                      BenchError, BrokerGone, Cleanup, Row, allow_listed, broker_gone,
                      check_broker, check_join, child_env, communicate, exec_probe, last_line,
                      loop, median, new_build, paired_ratio, start_in_build, start_outside)
@@ -58,137 +54,23 @@ SYSCALL_TARGET = 60
 
 # -- Gentoo's sandbox: found, or built once into the tests' cache -------------
 
-CACHE_ROOT = "/var/cache/cgnetns-tests"
-SANDBOX_TARBALL = "sandbox-2.46.tar.gz"
-SYSTEM_SANDBOX = "/usr/bin/sandbox"
-
-
-def _sha256_of(path):
-    """As tests/gentoo_support.py computes the cache key (tarball or tree)."""
-    h = hashlib.sha256()
-    if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if d != ".git")
-            for name in sorted(files):
-                p = os.path.join(root, name)
-                h.update(os.path.relpath(p, path).encode() + b"\0")
-                if os.path.islink(p):
-                    h.update(b"L" + os.readlink(p).encode())
-                else:
-                    with open(p, "rb") as f:
-                        h.update(f.read())
-                h.update(b"\0")
-    else:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _cache_lock():
-    """The tests' lock (CACHE_ROOT/.sandbox.lock): one build at a time."""
-    os.makedirs(CACHE_ROOT, mode=0o755, exist_ok=True)
-    fd = os.open(os.path.join(CACHE_ROOT, ".sandbox.lock"),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _run_logged(argv, log, cwd, env):
-    with open(log, "ab") as f:
-        f.write(("\n$ " + " ".join(argv) + "\n").encode())
-        f.flush()
-        r = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=f,
-                           stderr=subprocess.STDOUT, timeout=900)
-    if r.returncode != 0:
-        raise BenchError("building the sandbox: %s failed (status %d); log %s" % (
-            " ".join(argv), r.returncode, log))
-
-
-def _world_readable(top):
-    for root, dirs, files in os.walk(top):
-        os.chmod(root, 0o755)
-        for name in files:
-            p = os.path.join(root, name)
-            if not os.path.islink(p):
-                mode = (os.stat(p).st_mode & 0o7777 | 0o644) & ~0o022
-                os.chmod(p, mode | (0o055 if mode & 0o100 else 0))
-
-
-def _build_sandbox(sess, src):
-    """Sandbox from SRC built into the cache (as tests/gentoo_support.py's
-    build_sandbox: autogen, configure --prefix=FINAL, make, make install into a
-    staging directory renamed into place).  Returns its prefix."""
-    final = os.path.join(CACHE_ROOT, "sandbox-%s" % _sha256_of(src)[:12])
-    if os.access(os.path.join(final, "bin", "sandbox"), os.X_OK):
-        return final
-    missing = [t for t in ("gawk", "autoreconf", "automake", "libtoolize", "make", "gcc", "tar")
-               if not shutil.which(t, path=SYSTEM_PATH)]
-    if not glob.glob("/usr/share/aclocal/ax_*.m4"):
-        missing.append("autoconf-archive")
-    if missing:
-        raise BenchError("cannot build Gentoo's sandbox, missing: %s (tools/ensure-deps test)"
-                         % ", ".join(missing))
-    with _cache_lock():
-        if os.access(os.path.join(final, "bin", "sandbox"), os.X_OK):
-            return final
-        for name in os.listdir(CACHE_ROOT):    # a killed build's leftovers
-            if name.startswith(".sandbox-build-"):
-                shutil.rmtree(os.path.join(CACHE_ROOT, name), ignore_errors=True)
-        sess.log("sandbox: building Gentoo's sandbox from %s (once, about 15 s)" % src)
-        tmp = tempfile.mkdtemp(prefix=".sandbox-build-", dir=CACHE_ROOT)
-        try:
-            log = os.path.join(tmp, "build.log")
-            srcdir = os.path.join(tmp, "src")
-            env = {"PATH": SYSTEM_PATH, "LANG": "C", "HOME": tmp, "TMPDIR": tmp}
-            if os.path.isdir(src):
-                shutil.copytree(src, srcdir, symlinks=True, ignore=shutil.ignore_patterns(".git"))
-            else:
-                os.mkdir(srcdir)
-                _run_logged(["tar", "-xzf", src, "-C", srcdir, "--no-same-owner"], log, tmp, env)
-                top = os.listdir(srcdir)
-                if len(top) == 1 and os.path.isdir(os.path.join(srcdir, top[0])):
-                    srcdir = os.path.join(srcdir, top[0])
-            for argv in (["./autogen.sh"], ["./configure", "--prefix=" + final],
-                         ["make", "-j2"], ["make", "install", "DESTDIR=" + tmp + "/dest"]):
-                _run_logged(argv, log, srcdir, env)
-            staged = tmp + "/dest" + final
-            with open(os.path.join(staged, "SOURCE"), "w") as f:
-                f.write("%s\nsha256 %s\n" % (src, _sha256_of(src)))
-            _world_readable(staged)
-            os.rename(staged, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def get_sandbox(sess):
-    """The sandbox binary to run, and a description for the notes."""
-    if os.access(SYSTEM_SANDBOX, os.X_OK):
-        return SYSTEM_SANDBOX, "the system's " + SYSTEM_SANDBOX
-    src = os.environ.get("CGNETNS_SANDBOX_SRC")
-    if not src:
-        for cand in (os.path.join(os.path.dirname(REPO), "shared", "vendor", SANDBOX_TARBALL),
-                     os.path.join(REPO, "shared", "vendor", SANDBOX_TARBALL)):
-            if os.path.isfile(cand):
-                src = cand
-                break
-    if not src or not os.path.exists(src):
-        raise BenchError("Gentoo's sandbox is needed: no %s and no %s in <repo>/../shared/vendor "
-                         "(or set CGNETNS_SANDBOX_SRC)" % (SYSTEM_SANDBOX, SANDBOX_TARBALL))
-    prefix = _build_sandbox(sess, os.path.abspath(src))
-    return os.path.join(prefix, "bin", "sandbox"), "sandbox %s built from %s in %s" % (
-        _version(prefix), os.path.basename(src), prefix)
-
-
-def _version(prefix):
+    """The sandbox binary to run, and a description for the notes
+    (testbed/sandbox.py: the cache the tests use too)."""
     try:
-        out = subprocess.run([os.path.join(prefix, "bin", "sandbox"), "--version"],
-                             capture_output=True, text=True, timeout=10).stdout
+        if not os.access(sandbox_cache.SYSTEM_SANDBOX, os.X_OK):
+            sess.log("sandbox: finding or building Gentoo's sandbox (a build takes about 15 s, "
+                     "once)")
+        sb = sandbox_cache.get_sandbox()
+    except sandbox_cache.SetupError as e:
+        raise BenchError("Gentoo's sandbox: %s" % e) from None
+    return sb.binary, "sandbox %s, %s" % (_version(sb.binary), sb.how)
+
+
+def _version(binary):
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
         return next(l.split()[-1] for l in out.splitlines() if l.strip().startswith("version"))
     except (OSError, StopIteration, subprocess.TimeoutExpired):
         return "?"
