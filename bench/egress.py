@@ -43,22 +43,12 @@ from cgnetns.build import Build
 
 from .common import (BUILD_USER, BenchError, Cleanup, Row, allow_listed, communicate,
                      kill_wait, last_line, median, signals_held, start_in_build, start_outside)
+from .datapath import parse   # tcpbench's lines, as part 3 reads them
 
 PART = 7
 NAME = "egress"
 NBYTES = 256 << 20
 N_BUILDS = 1000
-
-
-def parse(out):
-    lat, xfer = [], []
-    for line in out.decode().splitlines():
-        f = line.split()
-        if f and f[0] == "lat":
-            lat.append(int(f[1]) / 1e3)                             # microseconds
-        elif f and f[0] == "xfer":
-            xfer.append(int(f[2]) / (1 << 20) / (int(f[1]) / 1e9))  # MiB/s
-    return lat, xfer
 
 
 def _measure(start, what, into):

@@ -227,6 +227,10 @@ class Broker:
                         if not self._guard(self._accept):
                             break
             now = time.monotonic()
+            if any(now - t > HANDSHAKE_SECONDS for _, t in self.starting.values()):
+                # It answers each token at once, after a fork: one unanswered
+                # this long means it is stuck, and its tokens hold uids' shares.
+                self._server_gone(why="did not answer within %ds" % HANDSHAKE_SECONDS)
             for p in list(self.pending.values()):
                 if now - p.started > 2 * HANDSHAKE_SECONDS:
                     self.log("uid=%d: request still in progress after %ds: killed"
@@ -419,20 +423,26 @@ class Broker:
             self.pending[p.pidfd] = p
             self.sel.register(p.pidfd, selectors.EVENT_READ, p)
 
-    def _server_gone(self, log=True):
-        """The fork server ended (or we stop): what it had not answered has
-        ended for its uid (its child, if it made one, keeps its own
-        deadline); the next request starts a new one."""
+    def _server_gone(self, log=True, why="ended"):
+        """The fork server ended, stopped answering, or we stop: it is
+        killed and reaped (a server that no longer reads would not exit on
+        its own), and what it had not answered has ended for its uid (a
+        child it made keeps its own deadline); the next request starts a
+        new one."""
         srv, self.server = self.server, None
         if srv is None:
             return
         if log:
-            self.log("the helper's fork server (pid %d) ended: starting another" % srv.pid)
+            self.log("the helper's fork server (pid %d) %s: starting another" % (srv.pid, why))
         try:
             self.sel.unregister(srv.sock)
         except (KeyError, ValueError):
             pass
-        srv.sock.close()   # a running server sees the end and exits
+        srv.sock.close()
+        try:
+            os.kill(srv.pid, signal.SIGKILL)   # our child, not yet reaped: the pid is its
+        except ProcessLookupError:
+            pass
         try:
             os.waitpid(srv.pid, 0)
         except ChildProcessError:

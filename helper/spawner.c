@@ -22,9 +22,10 @@
  * is closed or close-on-exec and closed in the child.  Its argv[1] is
  * rewritten to "--supervise", so that ps and the tests see what they saw.
  *
- * Degrades: cgnetnsd starts it again when it ends (logged); a request it
- * could not start is answered by cgnetnsd with a token and no descriptor,
- * and the client sees its connection close (125). */
+ * Degrades: a request it cannot fork for is answered with the token and no
+ * descriptor, and cgnetnsd closes the connection (the client exits 125).
+ * cgnetnsd starts it again when it ends, and kills and replaces it when it
+ * leaves a token unanswered for the handshake deadline (logged). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

@@ -89,6 +89,32 @@ def tag_value(pin_id, dev, ino, nsid):
     return "v1 pin=%s dev=%d ino=%d nsid=%d" % (pin_id, dev, ino, nsid)
 
 
+def read_log(path):
+    with open(path, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def wait_broker_serving(proc, log_path, what="broker", timeout=20):
+    """Wait until the cgnetnsd PROC logs "serving" to LOG_PATH; fail with
+    its log if it exits or takes longer than TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while "serving" not in read_log(log_path):
+        assert proc.poll() is None, read_log(log_path)
+        assert time.monotonic() < deadline, "%s did not start: %s" % (what, read_log(log_path))
+        time.sleep(0.02)
+
+
+def stop_process(proc, grace=10):
+    """SIGTERM to the Popen PROC (by its own pid), SIGKILL after GRACE s; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def process_table():
     """{pid: (ppid, argv as bytes)} of the processes running now (one that
     ends while it is read is left out)."""

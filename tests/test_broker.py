@@ -125,16 +125,11 @@ class Broker:
         self.sock = setup.sock
 
     def wait_ready(self, path=None):
-        deadline = time.monotonic() + 20
-        while "serving" not in self.text():
-            assert self.proc.poll() is None, self.text()
-            assert time.monotonic() < deadline, "broker did not start: " + self.text()
-            time.sleep(0.05)
+        hs.wait_broker_serving(self.proc, self.log_path)
         return self
 
     def text(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
+        return hs.read_log(self.log_path)
 
     def fds(self):
         return len(os.listdir("/proc/%d/fd" % self.proc.pid))
@@ -144,13 +139,7 @@ class Broker:
             return int([l for l in f if l.startswith("VmRSS:")][0].split()[1])
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        hs.stop_process(self.proc)
         self.log.close()
         if self.v1:
             with contextlib.suppress(OSError):
@@ -876,3 +865,32 @@ def test_a_helper_that_cannot_start_is_reported_at_once(henv, bsetup):
         "cgnetnsd: cannot start %s --fork-server: No such file or directory (is --helper the "
         "installed cgnetns-helper?)\n" % missing)
     assert not os.path.exists(sock)
+
+
+def test_a_stuck_fork_server_is_replaced(henv, world, bsetup):
+    """The fork server stops answering (SIGSTOP): the request handed to it is
+    refused at its deadline (125, the broker closed the connection), the
+    broker kills and reaps the stuck server, says so, and serves the next
+    request with a new one."""
+    sock = bsetup.sock + ".stuck"
+    b = Broker(bsetup, extra=["--socket", sock]).wait_ready()
+    srv = None
+    try:
+        (srv,) = wait_for(lambda: _fork_servers(b), "the fork server")
+        os.kill(srv, signal.SIGSTOP)
+        r, answer = client(world, bsetup, "join", bsetup.netprobe, "--", bsetup.netprobe,
+                           "report", henv.out_path(), "--connect=%d" % world.port, sock=sock)
+        assert not answer, (answer, r.stderr)
+        wait_for(lambda: "fork server (pid %d) did not answer within %ds" % (
+            srv, broker_mod.HANDSHAKE_SECONDS) in b.text(), "the broker to give up on it")
+        wait_for(lambda: not os.path.exists("/proc/%d" % srv), "the stuck server to be reaped")
+        report = henv.out_path()
+        r, answer = client(world, bsetup, "join", bsetup.netprobe, "--", bsetup.netprobe,
+                           "report", report, "--connect=%d" % world.port, sock=sock)
+        assert answer and answer.endswith(b"ok\n"), (answer, r.stderr, b.text())
+        assert_minted(report_of(report), world)
+    finally:
+        if srv is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(srv, signal.SIGCONT)
+        b.close()

@@ -113,22 +113,12 @@ class PrivateBroker:
              "--helper", self.henv.variants["musl"]],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=repo_env(), cwd="/", preexec_fn=prepare)
-        deadline = time.monotonic() + 20
-        while "serving" not in self.text():
-            assert self.proc.poll() is None, self.text()
-            assert time.monotonic() < deadline, "the private broker did not start: " + self.text()
-            time.sleep(0.02)
+        hs.wait_broker_serving(self.proc, self.log_path, "the private broker")
         return self
 
     def stop(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            hs.stop_process(self.proc)
             self.proc = None
         if self.log is not None:
             self.log.close()
@@ -136,8 +126,7 @@ class PrivateBroker:
         assert not os.path.exists(self.henv.private_broker)
 
     def text(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
+        return hs.read_log(self.log_path)
 
     def mark(self):
         return len(self.text())
