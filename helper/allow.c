@@ -17,6 +17,12 @@
 
 /* Static: the helper allocates nothing on its privileged path. */
 static char allow_buf[ALLOW_MAX];
+/* What allow_check_program() read as root with every owner check, for
+ * allow_exe_set() in the same process: one reading of the list per request,
+ * so the program checked and the set the supervisor compares with come from
+ * the same text. */
+static size_t allow_len;
+static int allow_read_as_root;
 
 /* Read the allow list into allow_buf; returns its length.  It may be mode
  * 0600: read with the privilege we have.  It is opened by fixed path from
@@ -63,6 +69,8 @@ void allow_check_program(const char *program, int privileged, int check_owner,
 		    "%.200s: name a program by absolute path or bare name", program);
 
 	size_t n = allow_read(privileged, check_owner);
+	allow_len = n;
+	allow_read_as_root = privileged && check_owner && geteuid() == 0;
 
 	const char *entry;
 	size_t elen;
@@ -98,13 +106,13 @@ void allow_check_program(const char *program, int privileged, int check_owner,
  * executable of each task that asks for a socket with them), each held
  * open, so that no other file can take its inode number while the
  * supervisor runs.  Called after allow_check_program(), which has checked
- * the whole list.  An entry that is missing or not safe to run is left out:
+ * the whole list (and read it: that text is used again).  An entry that is missing or not safe to run is left out:
  * it could not have been started through the helper either. */
 void allow_exe_set(struct exe_set *set)
 {
 	struct trust_error e;
 	struct stat st;
-	size_t len = allow_read(1, 1), pos = 0, elen;
+	size_t len = allow_read_as_root ? allow_len : allow_read(1, 1), pos = 0, elen;
 	unsigned lineno = 0;
 	const char *entry;
 	char path[CG_PATH_MAX];

@@ -56,7 +56,7 @@ int cgroup2_open_root(void)
 {
 	static const char *const where[] = { "/sys/fs/cgroup", "/sys/fs/cgroup/unified" };
 	for (size_t i = 0; i < sizeof where / sizeof where[0]; i++) {
-		int fd = open(where[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		int fd = openat(AT_FDCWD, where[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0)
 			continue;
 		if (fd_on_fs(fd, CG_CGROUP2_SUPER_MAGIC))
@@ -179,7 +179,7 @@ static int ancestor_len(int up)
 static int reader_in_initial_cgroupns(void)
 {
 	struct stat st;
-	int fd = open("/proc/self/ns/cgroup", O_RDONLY | O_CLOEXEC);
+	int fd = openat(AT_FDCWD, "/proc/self/ns/cgroup", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
 	int ok = fd_on_fs(fd, CG_NSFS_MAGIC) && fstat(fd, &st) == 0 &&
@@ -255,7 +255,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 	 * the most expensive step of a call outside any build.  In any other
 	 * cgroup namespace the path is relative to that namespace's root and
 	 * may name another cgroup of this mount: check at once and say so. */
-	int leaf = fcntl(cg, F_DUPFD_CLOEXEC, 3);
+	int leaf = cgnetns_dupfd(cg);
 	if (leaf < 0)
 		die_with_error(EXIT_REFUSE, "cannot keep cgroup /%s", cg_rel);
 	if (!reader_in_initial_cgroupns() && !lists_pid(leaf, s->pid))
@@ -263,7 +263,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 		    "(cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
 	/* The broker's supervisor is started in this very (checked) directory. */
 	if (s->cg_out) {
-		*s->cg_out = fcntl(cg, F_DUPFD_CLOEXEC, 3);
+		*s->cg_out = cgnetns_dupfd(cg);
 		if (*s->cg_out < 0)
 			die_with_error(EXIT_REFUSE, "cannot keep cgroup /%s", cg_rel);
 	}

@@ -54,7 +54,7 @@ static int capget_self(struct cg_cap_data d[2])
 int in_initial_userns(void)
 {
 	struct stat st;
-	int fd = open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC);
+	int fd = openat(AT_FDCWD, "/proc/self/ns/user", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 1;
 	int r = fstat(fd, &st);

@@ -33,7 +33,7 @@ void env_prepare(void)
 #ifdef __GLIBC__
 	if (!getauxval(AT_SECURE))
 		return;
-	environ_fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
+	environ_fd = openat(AT_FDCWD, "/proc/self/environ", O_RDONLY | O_CLOEXEC);
 	if (environ_fd < 0)
 		die_with_error(EXIT_REFUSE, "cannot open /proc/self/environ");
 	if (!fd_on_fs(environ_fd, CG_PROC_SUPER_MAGIC))

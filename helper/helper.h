@@ -17,6 +17,12 @@
  *   spawner.c --fork-server: a --supervise child per connection cgnetnsd sends
  *   front.c   main() of the dynamic, non-set-user-ID front cgnetns-exec
  *   util.c    messages and exit
+ *
+ * Files are opened with openat(AT_FDCWD, ...), never open(): musl's open()
+ * follows every O_CLOEXEC open with an fcntl(F_SETFD) (for kernels before
+ * 2.6.23), and its fcntl(F_DUPFD_CLOEXEC) likewise; cgnetns_dupfd() goes to
+ * the kernel directly.  Each system call saved is one fewer on the broker's
+ * path, which makes about two hundred a request.
  */
 #ifndef CGNETNS_HELPER_H
 #define CGNETNS_HELPER_H
@@ -26,6 +32,9 @@
 #include <sys/types.h>
 
 #include "protocol.h"
+
+/* fcntl(fd, F_DUPFD_CLOEXEC, 3) without a C library's fallback call. */
+#define cgnetns_dupfd(fd) ((int)syscall(SYS_fcntl, (fd), F_DUPFD_CLOEXEC, 3))
 
 /* Exit statuses, as in DESIGN.md's contract (and env(1), nice(1)). */
 #define EXIT_REFUSE     125 /* a check failed: nothing run */

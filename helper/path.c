@@ -63,7 +63,7 @@ int open_trusted(const char *abspath, enum trust_kind kind, int flags,
 		errno = EINVAL;
 		return failed(e, abspath, n);
 	}
-	int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int dir = openat(AT_FDCWD, "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (dir < 0)
 		return failed(e, "/", 1);
 	if (fstat(dir, &st) < 0) {

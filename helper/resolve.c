@@ -15,7 +15,7 @@
 
 void subject_self(struct subject *s)
 {
-	int fd = open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = openat(AT_FDCWD, "/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		die_with_error(EXIT_REFUSE, "cannot open /proc/self");
 	/* Only the real procfs tells the truth about this process. */
@@ -42,7 +42,7 @@ void resolve(const struct subject *s, struct verdict *v)
 	if (s->pid != getpid()) {
 		struct stat a, b;
 		int fa = openat(s->proc_fd, "ns/cgroup", O_RDONLY | O_CLOEXEC);
-		int fb = open("/proc/self/ns/cgroup", O_RDONLY | O_CLOEXEC);
+		int fb = openat(AT_FDCWD, "/proc/self/ns/cgroup", O_RDONLY | O_CLOEXEC);
 		int ok = fa >= 0 && fb >= 0 && fstat(fa, &a) == 0 && fstat(fb, &b) == 0;
 		close_quietly(fa);
 		close_quietly(fb);

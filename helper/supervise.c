@@ -164,8 +164,7 @@ static const char *read_request(void)
 /* The supervisor: in the caller's build cgroup (created there), then in
  * the approved namespace, then the caller. */
 __attribute__((noreturn))
-static void become_supervisor(const struct peer *pe, const struct verdict *v,
-			      const char *path, int proc_fd)
+static void become_supervisor(const struct peer *pe, const struct verdict *v, int proc_fd)
 {
 	alarm(BROKER_HANDSHAKE_SECONDS); /* alarms are not inherited */
 
@@ -179,9 +178,8 @@ static void become_supervisor(const struct peer *pe, const struct verdict *v,
 	 * the peer may have exec'd a set-user-ID program since). */
 	notify_enter(v->pin_fd, v->tag.id, &c);
 
-	char line[CG_PATH_MAX + 8];
-	snprintf(line, sizeof line, "join %s\n", path);
-	say(line);
+	/* "join" was said before this process existed (supervise_connection):
+	 * the client has been installing its filter meanwhile. */
 	int listener = notify_receive_listener(CONN, "bad request: ");
 	if (!notify_can_send_fds(listener))
 		die(EXIT_REFUSE, "this kernel cannot hand a socket over with the answer "
@@ -201,7 +199,7 @@ static void open_subject(const struct peer *pe, struct subject *s, int *cg_fd)
 	char path[64];
 	snprintf(path, sizeof path, "/proc/%d", (int)pe->cred.pid);
 	s->pid = pe->cred.pid;
-	s->proc_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	s->proc_fd = openat(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (s->proc_fd < 0)
 		die_with_error(EXIT_REFUSE, "cannot open %s", path);
 	if (!fd_on_fs(s->proc_fd, CG_PROC_SUPER_MAGIC))
@@ -225,7 +223,7 @@ static void start_supervisor(const struct peer *pe, const struct verdict *v,
 {
 	allow_exe_set(&sv.allowed);
 	sv.build = cgroup_tagged_path(&sv.build_len);
-	int proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int proc_fd = openat(AT_FDCWD, "/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (proc_fd < 0 || !fd_on_fs(proc_fd, CG_PROC_SUPER_MAGIC))
 		die(EXIT_REFUSE, "/proc is not procfs");
 
@@ -240,7 +238,7 @@ static void start_supervisor(const struct peer *pe, const struct verdict *v,
 	if (pid == 0) {
 		close_quietly(cg_fd);
 		close_quietly(pe->pidfd);
-		become_supervisor(pe, v, prog->path, proc_fd);
+		become_supervisor(pe, v, proc_fd);
 	}
 	/* Logged here, as root, by the process cgnetnsd started: the
 	 * supervisor refuses (and logs) itself if its part fails. */
@@ -320,14 +318,19 @@ void supervise_connection(int use_pidfd)
 	peer_alive(&pe, s.proc_fd);
 	close_quietly(prog.fd);
 	close_quietly(s.proc_fd);
+	/* "join": a supervisor will mint the caller's sockets.  Said now, before
+	 * it is made: the client installs its filter while the supervisor is
+	 * started and enters the namespace (nothing is granted by the word
+	 * itself; the supervisor's "ok" or refusal follows the listener).
+	 * "pass": in no build, or already in its namespace: the client runs the
+	 * program itself, unchanged and without privilege. */
+	char line[CG_PATH_MAX + 8];
+	snprintf(line, sizeof line, "%s %s\n", v.kind == VERDICT_JOIN ? "join" : "pass",
+		 prog.path);
+	say(line);
 	if (v.kind == VERDICT_JOIN)
 		start_supervisor(&pe, &v, &prog, cg_fd, context);
 
-	/* In no build, or already in its namespace: the client runs the
-	 * program itself, unchanged and without privilege. */
-	char line[CG_PATH_MAX + 8];
-	snprintf(line, sizeof line, "pass %s\n", prog.path);
-	say(line);
 	log_line("cgnetnsd: %s: pass %s", context, prog.path);
 	_exit(0);
 }
