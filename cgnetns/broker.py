@@ -95,7 +95,7 @@ class ForkServer:
 
 class Broker:
     def __init__(self, socket_path=SOCKET_PATH, helper=HELPER, max_pending=256,
-                 max_pending_per_uid=64, idle_exit=None, log=None, lock_path=None,
+                 max_pending_per_uid=128, idle_exit=None, log=None, lock_path=None,
                  peer_auth="pidfd", max_queued=4096):
         # One lock per socket: brokers on other sockets (tests, a private
         # instance) do not exclude the system's.

@@ -3,10 +3,11 @@ and 25), at volume (``python -m stress --hostile``) and in short
 (tests/test_hostile.py).
 
 The broker reads nothing: it accepts, counts requests in progress per uid
-(--max-pending-per-uid, default 32) and in all (--max-pending, 256), closes a
-connection over either cap at once, and starts ``cgnetns-helper --supervise``
-with the connection, which reads the request with recv() (descriptors sent
-with it are discarded by the kernel) under a deadline of HANDSHAKE_SECONDS.
+(--max-pending-per-uid, default 128) and in all (--max-pending, 256), keeps a
+connection over either cap waiting in its uid's queue (answered busy after
+HANDSHAKE_SECONDS), and hands each one it serves to the helper's fork server,
+whose child reads the request with recv() (descriptors sent with it are
+discarded by the kernel) under a deadline of HANDSHAKE_SECONDS.
 So:
 
 fuzz      hypothesis-made requests (bad magic and flags, names empty, too
@@ -18,7 +19,7 @@ fds       descriptors sent before (and with) the header are never received:
           rest of the request
 flood     N connections from ANOTHER uid (4242), each holding an unfinished
           request: at most --max-pending-per-uid of them get a helper (closed
-          at the deadline), the rest are closed at once, and the build user
+          at the deadline), the rest wait and are answered busy, and the build user
           (nobody) is served first try meanwhile
 slow      clients that dribble their request past the deadline are closed by
           it; slow ones within it are served; others are served meanwhile
@@ -358,7 +359,7 @@ print(json.dumps({"connected": len(socks), "refused_at_connect": refused,
 """
 
 
-PER_UID_CAP = 64   # cgnetnsd's default --max-pending-per-uid
+PER_UID_CAP = 128   # cgnetnsd's default --max-pending-per-uid
 
 
 def flood_from_other_uid(path, n, res, uid=ATTACKER_UID, checks=3, cap=PER_UID_CAP):

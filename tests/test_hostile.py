@@ -1,7 +1,7 @@
 """Hostile clients against a real cgnetnsd (THREATS 15 and 25), the short
 versions of `python -m stress --hostile` (stress/hostile.py says what each
 does).  The broker runs on a private socket with its default caps
-(--max-pending-per-uid 64, --max-pending 256) and the installed helper.
+(--max-pending-per-uid 128, --max-pending 256) and the installed helper.
 After every test the broker is alive, serves a valid request, and its
 descriptor count and RSS are back where they started; everything made (the
 broker, by its pid; the test directory; the allow-list line; the build of
@@ -81,7 +81,7 @@ def test_descriptors_sent_before_a_header_are_never_received(daemon):
 
 def test_a_flood_from_another_uid_does_not_lock_out_the_build_user(daemon):
     """200 connections from uid 4242, each holding an unfinished request: at
-    most 64 (its --max-pending-per-uid) get a helper and are closed at its
+    most 128 (its --max-pending-per-uid) get a helper and are closed at its
     deadline; the rest wait in that uid's queue and are answered busy when
     they have waited as long.  None lives past twice the deadline, and the
     build user (nobody) is served first try, within 2 s, all along."""

@@ -43,7 +43,7 @@ def build_parser():
                         "connection (default: %(default)s)")
     p.add_argument("--max-pending", type=positive_int, default=256, metavar="N",
                    help="requests in progress at once; more are dropped (default: %(default)s)")
-    p.add_argument("--max-pending-per-uid", type=positive_int, default=64, metavar="N",
+    p.add_argument("--max-pending-per-uid", type=positive_int, default=128, metavar="N",
                    help="requests in progress at once from one uid; more wait, in order, "
                         "up to the request deadline (default: %(default)s)")
     p.add_argument("--peer-auth", choices=("pidfd", "peercred"), default="pidfd",
