@@ -40,6 +40,7 @@ BROKER_SOCKET = paths.BROKER_SOCKET
 # absolute PROGRAM only as an exact, canonical allow-list entry (no symlink on
 # the path), so every row runs the canonical path, baselines included.
 TRUE = os.path.realpath("/bin/true")
+ENV = os.path.realpath("/usr/bin/env")   # one more dynamic program, nothing else
 BUILD_USER = "nobody"
 TOOLS = ("spawnloop", "rssprobe", "tcpbench", "scanres", "filler")
 

@@ -83,7 +83,7 @@ def clean_objects(path):
 
 
 def run(sess):
-    reps = sess.pick(10, 2)
+    reps = sess.pick(14, 2)
     n_one = sess.pick(8, 4)
     with Cleanup() as stack:
         stack.enter_context(allow_listed([DISTCC]))
