@@ -103,6 +103,21 @@ def real_sandbox():
 
 # -- Portage in a venv ------------------------------------------------------------------
 
+def repoint_scripts(venv, old, new):
+    """A venv's console scripts name their interpreter by path: those under
+    VENV/bin naming OLD are made to name NEW, the venv's final place."""
+    bindir = os.path.join(venv, "bin")
+    for name in os.listdir(bindir):
+        p = os.path.join(bindir, name)
+        if os.path.islink(p) or not os.path.isfile(p):
+            continue
+        with open(p, "rb") as f:
+            data = f.read()
+        if old.encode() in data:
+            with open(p, "wb") as f:
+                f.write(data.replace(old.encode(), new.encode()))
+
+
 def build_portage_venv(version=PORTAGE_VERSION):
     """A venv of /usr/bin/python3 with portage==VERSION from PyPI, cached; returns its path."""
     final = os.path.join(CACHE_ROOT, f"portage-venv-{version}")
@@ -130,17 +145,7 @@ def build_portage_venv(version=PORTAGE_VERSION):
             _run_logged([os.path.join(venv, "bin", "python3"), "-m", "pip", "install",
                          "--quiet", "--disable-pip-version-check", "--no-compile",
                          f"portage=={version}"], log, tmp, env)
-            # console scripts name the interpreter by path: point them at the final place
-            bindir = os.path.join(venv, "bin")
-            for name in os.listdir(bindir):
-                p = os.path.join(bindir, name)
-                if os.path.islink(p) or not os.path.isfile(p):
-                    continue
-                with open(p, "rb") as f:
-                    data = f.read()
-                if venv.encode() in data:
-                    with open(p, "wb") as f:
-                        f.write(data.replace(venv.encode(), final.encode()))
+            repoint_scripts(venv, venv, final)
             if not os.path.isfile(os.path.join(venv, "lib", "portage", "bin", "ebuild.sh")):
                 raise GentooSetupError(
                     f"portage=={version} installed no lib/portage/bin (log {log})")

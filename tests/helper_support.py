@@ -11,7 +11,6 @@ servers, the test directory, and the lines added to /etc/cgnetns/allow.
 """
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
@@ -22,10 +21,15 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# setns(CLONE_NEWNET) in a thread of its own, shared with the stress driver.
+from stress.common import in_netns as setns_thread  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER_SRC = os.path.join(REPO, "helper")
@@ -39,13 +43,9 @@ PINS = RUN_DIR + "/pins"
 NOBODY = 65534
 NOGROUP = 65534
 NS_GET_ID = 0x8008B70D
-CLONE_NEWNET = 0x40000000
 TAG = "trusted.cgnetns"
 EXIT_REFUSE, EXIT_NOT_USABLE, EXIT_NOT_FOUND = 125, 126, 127
 PREFIX = b"cgnetns-exec: "
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 # --------------------------------------------------------------------------
 # small tools
@@ -176,32 +176,6 @@ def read_report(path):
     return r
 
 
-def setns_thread(ns_path, fn):
-    """Run fn() in a thread that has joined the network namespace ns_path
-    (setns(CLONE_NEWNET) changes the calling thread only)."""
-    result = {}
-
-    def body():
-        try:
-            fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, os.strerror(e))
-            finally:
-                os.close(fd)
-            result["value"] = fn()
-        except BaseException as e:  # reported in the caller
-            result["error"] = e
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 class TokenServer:
     """A TCP server on 127.0.0.1:port in one network namespace that sends its
     token to every client.  port=0 picks one."""
@@ -282,13 +256,16 @@ class HandBuild:
         self.mounted = False
         self.pinned_file = False
         try:
+            # The locked record first, as cgnetns.build does: a cgnetns-gc
+            # running meanwhile never sees this build's cgroup, pin or tag
+            # without a live record, and leaves them alone.
+            if record and pins == PINS:
+                self._record()
             env.ensure_cgnetns_parent()
             os.mkdir(self.cgroup_path)
             self.pin(approved)
             dev, ino, nsid = self.identity = ns_identity(self.pin_path)
             self.set_tag(tag_value(self.id, dev, ino, nsid))
-            if record and pins == PINS:
-                self._record()
         except BaseException:
             self.close()
             raise

@@ -115,16 +115,7 @@ def build_patched_venv(base):
                                    input=venv_patch_text(read(p), pyver), cwd=venv, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 assert r.returncode == 0, "%s does not apply to the venv:\n%s" % (p, r.stdout)
-            bindir = os.path.join(venv, "bin")      # scripts name their interpreter
-            for name in os.listdir(bindir):
-                path = os.path.join(bindir, name)
-                if os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                with open(path, "rb") as f:
-                    data = f.read()
-                if base.encode() in data:
-                    with open(path, "wb") as f:
-                        f.write(data.replace(base.encode(), final.encode()))
+            gs.repoint_scripts(venv, base, final)
             with open(os.path.join(venv, ".cgnetns-patched"), "w") as f:
                 f.write("sha256 %s\n%s\n" % (sha, "\n".join(PATCHES)))
             gs._world_readable(venv)
