@@ -139,6 +139,11 @@ static const char *read_request(void)
 		ssize_t r = recv(CONN, buf + got, want - got, 0);
 		if (r < 0 && errno == EINTR)
 			continue;
+		/* Closed before its first byte: no request, nothing to refuse or
+		 * log (cgnetns-run connects and closes to see whether a broker
+		 * answers, once a build). */
+		if (r == 0 && got == 0)
+			_exit(EXIT_REFUSE);
 		if (r <= 0)
 			die(EXIT_REFUSE, "client went away before its request was complete");
 		got += (size_t)r;

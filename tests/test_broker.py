@@ -625,6 +625,24 @@ def test_t27_a_program_name_cannot_forge_log_lines(henv, world, bsetup, broker):
     assert not any(l.startswith("cgnetnsd: pid=1 ") for l in broker.text().splitlines())
 
 
+def test_a_connection_closed_before_its_first_byte_is_not_logged(henv, world, bsetup, broker):
+    """cgnetns-run connects and closes to see whether a broker answers: no
+    request, no log line.  A connection closed part way through its header
+    is still refused and logged, and the broker serves on."""
+    before = broker.text().count("\n")
+    for _ in range(3):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(bsetup.sock)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(bsetup.sock)
+        s.sendall(b"CGN2")
+    wait_for(lambda: "before its request was complete" in
+             "\n".join(broker.text().splitlines()[before:]), "the partial request's line")
+    assert_serves(world, bsetup)
+    new = [l for l in broker.text().splitlines()[before:] if ": refuse " in l]
+    assert len(new) == 1 and "client went away before its request was complete" in new[0], new
+
+
 # ---------------------------------------------------------------------------
 # 16-17. The kernel's word only; nothing the client names
 
