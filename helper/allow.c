@@ -106,8 +106,9 @@ void allow_check_program(const char *program, int privileged, int check_owner,
  * executable of each task that asks for a socket with them), each held
  * open, so that no other file can take its inode number while the
  * supervisor runs.  Called after allow_check_program(), which has checked
- * the whole list (and read it: that text is used again).  An entry that is missing or not safe to run is left out:
- * it could not have been started through the helper either. */
+ * the whole list and read it (that text is used again).  An entry that is
+ * missing or not safe to run is left out: it could not have been started
+ * through the helper either. */
 void allow_exe_set(struct exe_set *set)
 {
 	struct trust_error e;

@@ -22,7 +22,7 @@
  * follows every O_CLOEXEC open with an fcntl(F_SETFD) (for kernels before
  * 2.6.23), and its fcntl(F_DUPFD_CLOEXEC) likewise; cgnetns_dupfd() goes to
  * the kernel directly.  Each system call saved is one fewer on the broker's
- * path, which makes about two hundred a request.
+ * path, which makes about 170 a request for its checks.
  */
 #ifndef CGNETNS_HELPER_H
 #define CGNETNS_HELPER_H
