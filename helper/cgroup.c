@@ -196,6 +196,12 @@ const char *cgroup_tagged_path(size_t *len)
 	return cg_rel;
 }
 
+/* fcntl(fd, F_DUPFD_CLOEXEC, 3) without musl's extra fcntl(F_SETFD). */
+static int dup_cloexec(int fd)
+{
+	return (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 3);
+}
+
 /* Step 3's end: the first trusted.cgnetns on the walk, `up` levels above the
  * subject's cgroup (r: fgetxattr's result, val its value).  Membership is
  * checked first, then step 4 (the tagged directory is root's), then the
@@ -255,7 +261,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 	 * the most expensive step of a call outside any build.  In any other
 	 * cgroup namespace the path is relative to that namespace's root and
 	 * may name another cgroup of this mount: check at once and say so. */
-	int leaf = cgnetns_dupfd(cg);
+	int leaf = dup_cloexec(cg);
 	if (leaf < 0)
 		die_with_error(EXIT_REFUSE, "cannot keep cgroup /%s", cg_rel);
 	if (!reader_in_initial_cgroupns() && !lists_pid(leaf, s->pid))
@@ -263,7 +269,7 @@ int cgroup_find_tag(const struct subject *s, struct tag *t)
 		    "(cgroup namespace or mount mismatch)", (int)s->pid, cg_rel);
 	/* The broker's supervisor is started in this very (checked) directory. */
 	if (s->cg_out) {
-		*s->cg_out = cgnetns_dupfd(cg);
+		*s->cg_out = dup_cloexec(cg);
 		if (*s->cg_out < 0)
 			die_with_error(EXIT_REFUSE, "cannot keep cgroup /%s", cg_rel);
 	}

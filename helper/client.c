@@ -216,7 +216,7 @@ void run_unprivileged(const char *program, char **prog_argv, char **envp)
 	 * (a refusal written into the broker's connection).  O_CLOEXEC: the
 	 * program sees the fd closed, as the caller had it. */
 	for (int fd = 0; fd <= 2; fd++)
-		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR | O_CLOEXEC) != fd)
+		if (fcntl(fd, F_GETFD) < 0 && openat(AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC) != fd)
 			_exit(EXIT_REFUSE);
 
 	broker_client(program, prog_argv, envp);

@@ -20,8 +20,8 @@
  *
  * Files are opened with openat(AT_FDCWD, ...), never open(): musl's open()
  * follows every O_CLOEXEC open with an fcntl(F_SETFD) (for kernels before
- * 2.6.23), and its fcntl(F_DUPFD_CLOEXEC) likewise; cgnetns_dupfd() goes to
- * the kernel directly.  Each system call saved is one fewer on the broker's
+ * 2.6.23), and its fcntl(F_DUPFD_CLOEXEC) likewise (cgroup.c's dup_cloexec()
+ * goes to the kernel directly).  Each system call saved is one fewer on the broker's
  * path, which makes about 170 a request for its checks.
  */
 #ifndef CGNETNS_HELPER_H
@@ -32,9 +32,6 @@
 #include <sys/types.h>
 
 #include "protocol.h"
-
-/* fcntl(fd, F_DUPFD_CLOEXEC, 3) without a C library's fallback call. */
-#define cgnetns_dupfd(fd) ((int)syscall(SYS_fcntl, (fd), F_DUPFD_CLOEXEC, 3))
 
 /* Exit statuses, as in DESIGN.md's contract (and env(1), nice(1)). */
 #define EXIT_REFUSE     125 /* a check failed: nothing run */

@@ -29,6 +29,7 @@ from cgnetns.broker import SOCKET_PATH
 from cgnetns.cli import run as run_cli
 
 from conftest import CGNETNS_RUN, NOBODY, PY, USER_PY, repo_env, run
+from helper_support import stop_process
 
 LEAK_PREFIX = "session-"
 TIMEOUT = 30.0
@@ -738,13 +739,8 @@ def test_an_auto_started_broker_does_not_inherit_the_callers_state(cg2root, tmp_
                 os.close(fd)
         if broker is None and p is not None and p.poll() is None:
             broker = (_brokers(p.pid) or [None])[0]
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        if p is not None:
+            stop_process(p, TIMEOUT)
         _stop_broker(broker)
         if not run_cli.broker_answers() and os.path.lexists(SOCKET_PATH):
             os.unlink(SOCKET_PATH)
